@@ -1,0 +1,113 @@
+# blockjobd — plain Makefile. Objects go to $(BUILD); no recursive make except
+# for the asan variant, which is the same build in another directory.
+
+BUILD   ?= build
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
+           -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition -Wvla \
+           -Wpointer-arith -Wcast-align -Wundef -Wimplicit-fallthrough \
+           -Wnull-dereference -fno-common -fstack-protector-strong -I.
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer \
+           -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+else
+CFLAGS  += -D_FORTIFY_SOURCE=2
+endif
+PKGS    := libuv jansson
+DEPS_PROBE = $(shell pkg-config --exists $(PKGS) cmocka 2>/dev/null && \
+               test -f /usr/include/libaio.h && test -f /usr/include/zlib.h && \
+               command -v qemu-img >/dev/null && command -v socat >/dev/null && \
+               command -v python3 >/dev/null && \
+               command -v qemu-storage-daemon >/dev/null && echo yes)
+# `make run` and `make check` on a fresh machine install what is missing first.
+NODEPS_GOALS := deps clean format format-check check-layering
+ifneq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
+ifneq ($(DEPS_PROBE),yes)
+$(info make: build or test dependencies missing, running 'make deps')
+DEPS_LOG := $(shell $(MAKE) --no-print-directory deps >&2; echo $$?)
+endif
+endif
+CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -laio -lz -lm
+CMOCKA  := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+LIB_SRC  := $(sort $(wildcard protocol/*.c jobs/*.c backends/*.c daemon/*.c))
+LIB_SRC  := $(filter-out daemon/main.c,$(LIB_SRC))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+FAKE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/fakes/*.c))
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+BIN      := $(BUILD)/blockjobd
+
+.PHONY: all deps check unit integration interop asan run format format-check \
+        check-layering clean valgrind bench
+all: $(BIN) blockjobd
+
+blockjobd: $(BIN)
+	@if [ "$(BUILD)" = build ]; then cp $(BIN) $@; fi
+
+$(BIN): $(LIB_OBJ) $(BUILD)/daemon/main.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB_OBJ) $(FAKE_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA) $(LDLIBS)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Debian packages the build and the tests need; installs only what is missing.
+DEB_PKGS := gcc make pkg-config libuv1-dev libjansson-dev libaio-dev \
+            libcmocka-dev zlib1g-dev python3 socat qemu-utils \
+            qemu-system-common clang-format
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	else echo "make deps: everything is installed"; fi
+
+
+unit: $(UNIT_BIN)
+check: $(BIN) blockjobd $(UNIT_BIN)
+	@BUILD=$(BUILD) BLOCKJOBD=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) \
+	  $(sort $(wildcard tests/integration/test_*)) \
+	  $(sort $(wildcard tests/interop/test_*))
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
+
+valgrind: $(BIN)
+	@BLOCKJOBD_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
+	  --errors-for-leak-kinds=definite" BLOCKJOBD=$(abspath $(BIN)) \
+	  tests/run.sh $(sort $(wildcard tests/integration/test_*))
+
+SOCKET ?= /tmp/blockjobd.sock
+run: $(BIN)
+	@echo "blockjobd: serving QMP on $(SOCKET); in another terminal:"
+	@echo "  socat - UNIX-CONNECT:$(SOCKET)"
+	@exec $(BIN) --socket $(SOCKET) $(ARGS)
+
+C_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+format:
+	clang-format -i $(C_FILES)
+format-check:
+	@clang-format --dry-run -Werror $(C_FILES) && echo "format-check: ok"
+
+# Include direction: daemon -> jobs -> backends; protocol/ depends on nothing.
+check-layering:
+	@! grep -n '#include *"\(daemon\|jobs\|backends\)/' protocol/*.[ch] && \
+	 ! grep -n '#include *<uv.h>' protocol/*.[ch] && \
+	 ! grep -n '#include *"\(daemon\|jobs\)/' backends/*.[ch] && \
+	 ! grep -n '#include *"daemon/' jobs/*.[ch] && echo "check-layering: ok"
+
+clean:
+	rm -rf build build-asan blockjobd

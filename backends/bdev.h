@@ -1,0 +1,116 @@
+/* The block layer's public face: nodes, their graph, and asynchronous I/O.
+ *
+ * Everything runs on the one libuv loop. Every asynchronous call returns 0
+ * when the request is queued - its callback then runs exactly once, later,
+ * from the loop, never from inside the call - or a negative errno when it
+ * could not be queued, in which case no callback runs.
+ *
+ * Offsets and lengths are bytes. Buffers passed to reads and writes must stay
+ * valid until the callback; buffers allocated with bdev_buf_alloc() satisfy
+ * every alignment O_DIRECT needs.
+ */
+#ifndef BACKENDS_BDEV_H
+#define BACKENDS_BDEV_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "protocol/error.h"
+
+struct bdev;
+
+/* ret: 0 on success or -errno. */
+typedef void bdev_cb(void *opaque, int ret);
+
+/* Status bits of one layer for a range (bdev_block_status). */
+#define BDEV_STATUS_DATA      0x1 /* reads return stored data */
+#define BDEV_STATUS_ZERO      0x2 /* reads return zeroes */
+#define BDEV_STATUS_ALLOCATED 0x4 /* this layer answers; no backing read */
+
+/* ret: 0 or -errno; status: BDEV_STATUS_* bits; pnum: bytes from the
+ * request's offset (1 <= pnum <= bytes on success) sharing that status. */
+typedef void bdev_status_cb(void *opaque, int ret, unsigned status,
+                            uint64_t pnum);
+
+/* Start-up and shutdown of the layer. bdev_init() sets up the aio engine on
+ * the loop. bdev_close_all() flushes and closes every node, synchronously
+ * (used at daemon exit, once no job runs). */
+int bdev_init(uv_loop_t *loop);
+void bdev_close_all(void);
+uv_loop_t *bdev_loop(void);
+
+/* Registers blockdev-add, blockdev-del and query-named-block-nodes (schema
+ * and handlers) with protocol/. */
+void bdev_qmp_init(void);
+
+/* Graph. bdev_find() looks up a node by node-name (also implicit #blockN). */
+struct bdev *bdev_find(const char *node_name);
+const char *bdev_node_name(const struct bdev *bs);
+const char *bdev_driver_name(const struct bdev *bs);
+/* The file name as QEMU reports it ("file" in query-named-block-nodes). */
+const char *bdev_filename(const struct bdev *bs);
+struct bdev *bdev_file_child(const struct bdev *bs);
+struct bdev *bdev_backing(const struct bdev *bs); /* NULL if none */
+int64_t bdev_length(struct bdev *bs);             /* virtual size */
+bool bdev_is_read_only(const struct bdev *bs);
+/* Allocation granularity of the format (qcow2 cluster size), or 0. */
+uint32_t bdev_cluster_size(const struct bdev *bs);
+/* Memory alignment and length multiple every request must respect. */
+uint32_t bdev_mem_align(const struct bdev *bs);
+
+/* References: a node lives while referenced by its creator (the monitor or
+ * a parent) or by a job. */
+void bdev_ref(struct bdev *bs);
+void bdev_unref(struct bdev *bs);
+
+/* A job claims the nodes it works on. Fails with QEMU's text ("Node 'top'
+ * is busy: block device is in use by block job: stream") when claimed. */
+int bdev_claim(struct bdev *bs, const char *reason, struct qmp_error *err);
+void bdev_release(struct bdev *bs);
+const char *bdev_claimed_by(const struct bdev *bs); /* NULL if free */
+
+/* Switches a node (and its file child) between read-only and read-write.
+ * Fails with "Block node is read-only" when the node or a child was added
+ * read-only explicitly. Synchronous (reopens the file). */
+int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err);
+
+/* Buffers: aligned for O_DIRECT on any node. */
+void *bdev_buf_alloc(size_t bytes);
+void bdev_buf_free(void *buf);
+
+/* I/O. */
+int bdev_read(struct bdev *bs, uint64_t offset, uint64_t bytes, void *buf,
+              bdev_cb *cb, void *opaque);
+int bdev_write(struct bdev *bs, uint64_t offset, uint64_t bytes,
+               const void *buf, bdev_cb *cb, void *opaque);
+int bdev_write_zeroes(struct bdev *bs, uint64_t offset, uint64_t bytes,
+                      bdev_cb *cb, void *opaque);
+int bdev_flush(struct bdev *bs, bdev_cb *cb, void *opaque);
+
+/* What this one layer holds in [offset, offset + bytes). */
+int bdev_block_status(struct bdev *bs, uint64_t offset, uint64_t bytes,
+                      bdev_status_cb *cb, void *opaque);
+/* Whether any layer from `top` down to and including `bottom` (NULL: the
+ * whole chain) allocates the range: status is BDEV_STATUS_ALLOCATED or 0,
+ * pnum the run sharing that answer. A range past the end of a shorter layer
+ * is unallocated in it. */
+int bdev_is_allocated_above(struct bdev *top, struct bdev *bottom,
+                            uint64_t offset, uint64_t bytes,
+                            bdev_status_cb *cb, void *opaque);
+
+/* Waits until no request is in flight on the node (and its children). */
+int bdev_drain(struct bdev *bs, bdev_cb *cb, void *opaque);
+
+/* Makes `new_backing` (NULL: none) the backing of format node `bs`: every
+ * earlier write is flushed to disk first, then the image header is rewritten
+ * in one write naming `backing_file` with format `backing_fmt` (both NULL:
+ * no backing), flushed, then the graph is changed and nodes that fell out
+ * of the chain are released. */
+int bdev_change_backing(struct bdev *bs, struct bdev *new_backing,
+                        const char *backing_file, const char *backing_fmt,
+                        bdev_cb *cb, void *opaque);
+
+#endif

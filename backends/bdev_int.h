@@ -1,0 +1,134 @@
+/* Driver interface of the block layer: included by bdev.c and the drivers
+ * only. bdev.c owns range checks, in-flight counting, references, claims and
+ * drain; drivers stay small. */
+#ifndef BACKENDS_BDEV_INT_H
+#define BACKENDS_BDEV_INT_H
+
+#include "backends/bdev.h"
+
+enum bdev_op {
+    BDEV_OP_READ,
+    BDEV_OP_WRITE,
+    BDEV_OP_WRITE_ZEROES,
+    BDEV_OP_FLUSH,
+};
+
+/* One request as a driver sees it. bdev.c allocates it, counts it in flight,
+ * and frees it after the driver called bdev_req_complete(). */
+struct bdev_req {
+    struct bdev *bs;
+    enum bdev_op op;
+    uint64_t offset;
+    uint64_t bytes;
+    void *buf; /* NULL for write-zeroes and flush */
+    bdev_cb *cb;
+    void *opaque;
+    void *drv_priv; /* free for the driver's use */
+};
+
+/* Completes a request: the caller's callback runs (now, so a driver must
+ * only call this from a loop callback, never inside submit). */
+void bdev_req_complete(struct bdev_req *req, int ret);
+/* Defers completion to the next loop iteration; safe inside submit. */
+void bdev_req_complete_later(struct bdev_req *req, int ret);
+
+/* blkdebug events (QEMU's BlkdebugEvent names), raised by a format driver on
+ * its file child before it does the matching I/O. */
+enum bdev_debug_event {
+    BDEV_EV_READ_AIO,
+    BDEV_EV_READ_BACKING_AIO,
+    BDEV_EV_READ_COMPRESSED,
+    BDEV_EV_WRITE_AIO,
+    BDEV_EV_L1_UPDATE,
+    BDEV_EV_L2_LOAD,
+    BDEV_EV_L2_UPDATE,
+    BDEV_EV_L2_ALLOC_WRITE,
+    BDEV_EV_REFBLOCK_LOAD,
+    BDEV_EV_REFBLOCK_UPDATE,
+    BDEV_EV_CLUSTER_ALLOC,
+    BDEV_EV_FLUSH_TO_OS,
+    BDEV_EV_FLUSH_TO_DISK,
+    BDEV_EV__MAX,
+};
+void bdev_debug_event(struct bdev *child, enum bdev_debug_event ev);
+
+struct bdev_driver {
+    const char *name;   /* "file", "raw", "qcow2", "null-co", "blkdebug" */
+    bool is_format;     /* has a `file` child */
+    bool has_backing;   /* may have a `backing` child (qcow2) */
+    size_t state_size;  /* bytes of bs->state, zeroed before open */
+    /* The QAPI type of the driver's members (a branch of BlockdevOptions). */
+    const char *options_type;
+
+    /* Opens the node from validated options (bs->file already opened for
+     * formats; backing is the driver's business through bdev_open_backing).
+     * Synchronous; may use the *_sync helpers below. */
+    int (*open)(struct bdev *bs, json_t *opts, struct qmp_error *err);
+    /* Flushes metadata and releases everything. Synchronous. */
+    void (*close)(struct bdev *bs);
+    int64_t (*length)(struct bdev *bs);
+    /* Queues a request: 0, or -errno with no completion. */
+    int (*submit)(struct bdev *bs, struct bdev_req *req);
+    /* This layer's status for a range; NULL = all data, allocated. */
+    int (*block_status)(struct bdev *bs, uint64_t offset, uint64_t bytes,
+                         bdev_status_cb *cb, void *opaque);
+    /* Synchronous I/O for open, close and metadata rewrites. */
+    int (*pread_sync)(struct bdev *bs, uint64_t off, uint64_t n, void *buf);
+    int (*pwrite_sync)(struct bdev *bs, uint64_t off, uint64_t n,
+                       const void *buf);
+    int (*flush_sync)(struct bdev *bs);
+    /* blkdebug only: an event raised by the format above. */
+    void (*debug_event)(struct bdev *bs, enum bdev_debug_event ev);
+    /* Formats with a backing: rewrite the header's backing name/format. */
+    int (*change_backing)(struct bdev *bs, const char *backing_file,
+                          const char *backing_fmt, bdev_cb *cb, void *opaque);
+    /* Reopen read-only / read-write. */
+    int (*reopen)(struct bdev *bs, bool read_write, struct qmp_error *err);
+    /* Adds driver members to query-named-block-nodes' ImageInfo. */
+    void (*info)(struct bdev *bs, json_t *image_info);
+};
+
+struct bdev {
+    const struct bdev_driver *drv;
+    char *node_name;
+    char *filename;        /* as reported by query-named-block-nodes */
+    struct bdev *file;     /* format drivers' protocol child */
+    struct bdev *backing;  /* qcow2's backing child */
+    bool read_only;
+    bool explicit_ro;      /* read-only was given by the user */
+    bool implicit;         /* auto-named #blockN, owned by its parent */
+    bool monitor_owned;    /* created by blockdev-add itself */
+    int refcnt;
+    int parents;           /* how many nodes use it as a child */
+    char *claimed_by;      /* job that claimed it, or NULL */
+    uint64_t in_flight;
+    uint32_t mem_align;
+    void *state;           /* driver state, drv->state_size bytes */
+    struct bdev *next;     /* list of all nodes, newest first */
+};
+
+/* Opens a child from a BlockdevRef (string = existing node, object = new
+ * implicit node) and takes a reference on it. */
+struct bdev *bdev_open_child(json_t *ref, bool read_only,
+                             struct qmp_error *err);
+/* Opens the backing chain named in an image header: filename relative to the
+ * directory of `parent`'s file, format may be NULL (probe). Read-only. */
+struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
+                                    const char *format,
+                                    struct qmp_error *err);
+
+/* Child helpers for format drivers. */
+int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,
+                          void *buf);
+int bdev_child_pwrite_sync(struct bdev *child, uint64_t off, uint64_t n,
+                           const void *buf);
+int bdev_child_flush_sync(struct bdev *child);
+
+/* Driver registration: a table in bdev.c names every driver. */
+extern const struct bdev_driver bdev_drv_file;
+extern const struct bdev_driver bdev_drv_raw;
+extern const struct bdev_driver bdev_drv_qcow2;
+extern const struct bdev_driver bdev_drv_null_co;
+extern const struct bdev_driver bdev_drv_blkdebug;
+
+#endif
