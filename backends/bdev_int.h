@@ -84,9 +84,24 @@ struct bdev_driver {
                           const char *backing_fmt, bdev_cb *cb, void *opaque);
     /* Reopen read-only / read-write. */
     int (*reopen)(struct bdev *bs, bool read_write, struct qmp_error *err);
-    /* Adds driver members to query-named-block-nodes' ImageInfo. */
+    /* Adds driver members to query-named-block-nodes' ImageInfo: any of
+     * "cluster-size", "format-specific", "backing-filename",
+     * "backing-filename-format", "full-backing-filename", "dirty-flag".
+     * bdev/blockdev_qmp put them in qsd's member order, so the driver may
+     * insert them in any order. */
     void (*info)(struct bdev *bs, json_t *image_info);
+    /* Additive: applies bs->perm / bs->shared_perm (BDEV_PERM_* bits, e.g.
+     * OFD lock bytes for `file`); NULL = nothing to apply. */
+    int (*apply_perm)(struct bdev *bs, struct qmp_error *err);
 };
+
+/* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
+ * file driver locks byte 100 + bit and 200 + bit like QEMU does). */
+#define BDEV_PERM_CONSISTENT_READ 0x1
+#define BDEV_PERM_WRITE           0x2
+#define BDEV_PERM_WRITE_UNCHANGED 0x4
+#define BDEV_PERM_RESIZE          0x8
+#define BDEV_PERM_ALL             0xf
 
 struct bdev {
     const struct bdev_driver *drv;
@@ -105,10 +120,23 @@ struct bdev {
     uint32_t mem_align;
     void *state;           /* driver state, drv->state_size bytes */
     struct bdev *next;     /* list of all nodes, newest first */
+    /* Additive members (bdev.c fills them before drv->open). */
+    bool cache_direct;     /* cache.direct as given (reported) */
+    bool cache_no_flush;   /* cache.no-flush: flushes complete at once */
+    bool force_share;
+    bool auto_read_only;
+    const char *detect_zeroes; /* "off", "on", "unmap" */
+    uint32_t cluster_size; /* formats may set it in open (else 0) */
+    unsigned perm;         /* BDEV_PERM_* its parents need */
+    unsigned shared_perm;  /* BDEV_PERM_* its parents let others have */
+    json_t *full_opts;     /* options naming the node (for json: names) */
+    void *drain_priv;      /* bdev.c's */
 };
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new
- * implicit node) and takes a reference on it. */
+ * implicit node) and takes a reference on it. The parent stores it in
+ * bs->file / bs->backing; bdev.c drops those references after drv->close
+ * (drivers must not unref bs->file or bs->backing themselves). */
 struct bdev *bdev_open_child(json_t *ref, bool read_only,
                              struct qmp_error *err);
 /* Opens the backing chain named in an image header: filename relative to the
@@ -116,6 +144,12 @@ struct bdev *bdev_open_child(json_t *ref, bool read_only,
 struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
                                     const char *format,
                                     struct qmp_error *err);
+
+/* Opens a node from BlockdevOptions (blockdev-add). monitor: owned by the
+ * monitor (needs node-name) rather than implicit. Returns a referenced node. */
+struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
+/* Runs fn(arg) on a later loop iteration (never inside the caller). */
+void bdev_call_later(void (*fn)(void *arg), void *arg);
 
 /* Child helpers for format drivers. */
 int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,
