@@ -1,0 +1,476 @@
+/* QMP sessions and dispatch, as QEMU's monitor does it: greeting,
+ * capabilities negotiation, message shape checks, argument validation
+ * against the schema, replies with the request's id, and events. */
+#include "protocol/qmp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "protocol/json.h"
+#include "protocol/schema.h"
+
+struct qmp_session {
+    const struct qmp_session_ops *ops;
+    void *opaque;
+    struct qmp_stream *stream;
+    bool negotiated;
+    bool oob;
+    bool stopped;
+    bool quit_requested;
+};
+
+struct handler {
+    char *name;
+    qmp_command_fn *fn;
+};
+
+static struct handler *handlers;
+static size_t n_handlers;
+
+static struct {
+    int major, minor, micro;
+    char *package;
+} version = {7, 2, 22, NULL};
+
+static qmp_event_sink *event_sink;
+static void *event_sink_opaque;
+static int64_t (*event_clock)(void);
+
+void qmp_schema_add(const char *qapi)
+{
+    schema_add(qapi);
+}
+
+void qmp_command_register(const char *name, qmp_command_fn *fn)
+{
+    struct handler *h = realloc(handlers, (n_handlers + 1) * sizeof(*h));
+
+    if (!h || !(h[n_handlers].name = strdup(name))) {
+        abort();
+    }
+    h[n_handlers].fn = fn;
+    handlers = h;
+    n_handlers++;
+}
+
+static qmp_command_fn *find_handler(const char *name)
+{
+    for (size_t i = 0; i < n_handlers; i++) {
+        if (!strcmp(handlers[i].name, name)) {
+            return handlers[i].fn;
+        }
+    }
+    return NULL;
+}
+
+void qmp_reset(void)
+{
+    for (size_t i = 0; i < n_handlers; i++) {
+        free(handlers[i].name);
+    }
+    free(handlers);
+    handlers = NULL;
+    n_handlers = 0;
+    schema_reset();
+    free(version.package);
+    version.package = NULL;
+}
+
+void qmp_set_version(int major, int minor, int micro, const char *package)
+{
+    version.major = major;
+    version.minor = minor;
+    version.micro = micro;
+    free(version.package);
+    version.package = package ? strdup(package) : NULL;
+}
+
+static json_t *version_info(void)
+{
+    return json_pack("{s:{s:i, s:i, s:i}, s:s}", "qemu", "micro", version.micro,
+                     "minor", version.minor, "major", version.major, "package",
+                     version.package ? version.package : "");
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+/* Encodes a message and hands it to `send` as one CR LF terminated line. */
+static void send_value(struct qmp_session *s, json_t *msg)
+{
+    size_t len;
+    char *text = qmp_json_encode(msg, &len);
+    char *line = realloc(text, len + 3);
+
+    if (!line) {
+        abort();
+    }
+    memcpy(line + len, "\r\n", 3);
+    s->ops->send(s->opaque, line, len + 2);
+    free(line);
+    json_decref(msg);
+}
+
+static void send_error(struct qmp_session *s, json_t *id,
+                       const struct qmp_error *err)
+{
+    json_t *msg = json_object();
+
+    if (id) {
+        json_object_set(msg, "id", id);
+    }
+    json_object_set_new(msg, "error",
+                        json_pack("{s:s, s:s}", "class",
+                                  qmp_error_class_name(err->cls), "desc",
+                                  err->desc ? err->desc : ""));
+    send_value(s, msg);
+}
+
+static void send_error_text(struct qmp_session *s, json_t *id, const char *desc)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+
+    qmp_error_setg(&err, "%s", desc);
+    send_error(s, id, &err);
+    qmp_error_clear(&err);
+}
+
+/* ---- events -------------------------------------------------------------- */
+
+void qmp_event_set_sink(qmp_event_sink *sink, void *opaque)
+{
+    event_sink = sink;
+    event_sink_opaque = opaque;
+}
+
+void qmp_event_set_clock(int64_t (*clock_us)(void))
+{
+    event_clock = clock_us;
+}
+
+static int64_t wall_clock_us(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+void qmp_event_emit(const char *name, json_t *data)
+{
+    int64_t now = event_clock ? event_clock() : wall_clock_us();
+    json_t *msg;
+    size_t len;
+    char *text, *line;
+
+    msg = json_pack("{s:{s:I, s:I}, s:s}", "timestamp", "seconds",
+                    (json_int_t)(now / 1000000), "microseconds",
+                    (json_int_t)(now % 1000000), "event", name);
+    if (data) {
+        json_object_set_new(msg, "data", data);
+    }
+    text = qmp_json_encode(msg, &len);
+    json_decref(msg);
+    line = realloc(text, len + 3);
+    if (!line) {
+        abort();
+    }
+    memcpy(line + len, "\r\n", 3);
+    if (event_sink) {
+        event_sink(event_sink_opaque, line, len + 2);
+    }
+    free(line);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+/* QEMU's check of a request's members; returns the command name or NULL
+ * with `err` set. */
+static const char *check_request(struct qmp_session *s, json_t *req,
+                                 bool *is_oob, struct qmp_error *err)
+{
+    const char *key, *exec_key = NULL, *command = NULL;
+    json_t *val;
+
+    json_object_foreach(req, key, val) {
+        if (!strcmp(key, "execute") || (!strcmp(key, "exec-oob") && s->oob)) {
+            if (!json_is_string(val)) {
+                qmp_error_setg(err, "QMP input member '%s' must be a string",
+                               key);
+                return NULL;
+            }
+            if (exec_key) {
+                qmp_error_setg(err, "QMP input member '%s' clashes with '%s'",
+                               key, exec_key);
+                return NULL;
+            }
+            exec_key = key;
+            command = json_string_value(val);
+        } else if (!strcmp(key, "arguments")) {
+            if (!json_is_object(val)) {
+                qmp_error_setg(
+                    err, "QMP input member 'arguments' must be an object");
+                return NULL;
+            }
+        } else if (strcmp(key, "id") != 0) {
+            qmp_error_setg(err, "QMP input member '%s' is unexpected", key);
+            return NULL;
+        }
+    }
+    if (!exec_key) {
+        qmp_error_setg(err, "QMP input lacks member 'execute'");
+        return NULL;
+    }
+    *is_oob = !strcmp(exec_key, "exec-oob");
+    return command;
+}
+
+static json_t *dispatch(struct qmp_session *s, json_t *req,
+                        struct qmp_error *err)
+{
+    bool is_oob = false;
+    const char *command = check_request(s, req, &is_oob, err);
+    json_t *args, *ret;
+    qmp_command_fn *fn;
+
+    if (!command) {
+        return NULL;
+    }
+    /* In negotiation mode the only command that exists is
+     * qmp_capabilities. */
+    if (!schema_has_command(command) ||
+        (!s->negotiated && strcmp(command, "qmp_capabilities") != 0)) {
+        qmp_error_set(err, QMP_ERROR_COMMAND_NOT_FOUND,
+                      "The command %s has not been found", command);
+        return NULL;
+    }
+    if (is_oob) {
+        qmp_error_setg(err, "The command %s does not support OOB", command);
+        return NULL;
+    }
+    args = json_object_get(req, "arguments");
+    args = args ? json_incref(args) : json_object();
+    ret = NULL;
+    if (schema_check_args(command, args, err) == 0) {
+        fn = find_handler(command);
+        if (!fn) {
+            qmp_error_set(err, QMP_ERROR_COMMAND_NOT_FOUND,
+                          "The command %s has not been found", command);
+        } else {
+            ret = fn(args, s, err);
+            if (!ret && !qmp_error_is_set(err)) {
+                ret = json_object();
+            }
+        }
+    }
+    json_decref(args);
+    return ret;
+}
+
+static void handle_request(struct qmp_session *s, json_t *req)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    json_t *id = json_object_get(req, "id");
+    json_t *ret;
+
+    json_incref(id);
+    ret = dispatch(s, req, &err);
+    if (!ret) {
+        if (!s->negotiated && err.cls == QMP_ERROR_COMMAND_NOT_FOUND) {
+            free(err.desc);
+            err.desc = strdup("Expecting capabilities negotiation with "
+                              "'qmp_capabilities'");
+        }
+        send_error(s, id, &err);
+    } else {
+        json_t *msg = json_object();
+        json_object_set_new(msg, "return", ret);
+        if (id) {
+            json_object_set(msg, "id", id);
+        }
+        send_value(s, msg);
+    }
+    json_decref(id);
+    qmp_error_clear(&err);
+    if (s->quit_requested && s->ops->quit) {
+        s->quit_requested = false;
+        s->ops->quit(s->opaque);
+    }
+}
+
+static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
+{
+    struct qmp_session *s = opaque;
+
+    if (s->stopped) {
+        json_decref(value);
+        return;
+    }
+    if (!value) {
+        send_error_text(s, NULL, errdesc);
+        return;
+    }
+    if (!json_is_object(value)) {
+        send_error_text(s, NULL, "QMP input must be a JSON object");
+    } else {
+        handle_request(s, value);
+    }
+    json_decref(value);
+}
+
+struct qmp_session *qmp_session_new(const struct qmp_session_ops *ops,
+                                    void *opaque, size_t max_msg_bytes)
+{
+    struct qmp_session *s = calloc(1, sizeof(*s));
+
+    if (!s) {
+        return NULL;
+    }
+    s->ops = ops;
+    s->opaque = opaque;
+    s->stream = qmp_stream_new(max_msg_bytes, on_stream_value, s);
+    if (!s->stream) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void qmp_session_greet(struct qmp_session *s)
+{
+    send_value(s, json_pack("{s:{s:o, s:[s]}}", "QMP", "version",
+                            version_info(), "capabilities", "oob"));
+}
+
+void qmp_session_feed(struct qmp_session *s, const char *buf, size_t len)
+{
+    if (!s->stopped) {
+        qmp_stream_feed(s->stream, buf, len);
+    }
+}
+
+void qmp_session_stop(struct qmp_session *s)
+{
+    s->stopped = true;
+    qmp_stream_stop(s->stream);
+}
+
+bool qmp_session_negotiated(const struct qmp_session *s)
+{
+    return s->negotiated;
+}
+
+size_t qmp_session_pending(const struct qmp_session *s)
+{
+    return qmp_stream_pending(s->stream);
+}
+
+void qmp_session_free(struct qmp_session *s)
+{
+    if (s) {
+        qmp_stream_free(s->stream);
+        free(s);
+    }
+}
+
+/* ---- core commands ------------------------------------------------------- */
+
+static json_t *cmd_qmp_capabilities(json_t *args, struct qmp_session *s,
+                                    struct qmp_error *err)
+{
+    json_t *enable = json_object_get(args, "enable"), *cap;
+    size_t i;
+
+    if (s->negotiated) {
+        qmp_error_set(err, QMP_ERROR_COMMAND_NOT_FOUND,
+                      "Capabilities negotiation is already complete, command "
+                      "ignored");
+        return NULL;
+    }
+    json_array_foreach(enable, i, cap) {
+        if (!strcmp(json_string_value(cap), "oob")) {
+            s->oob = true;
+        }
+    }
+    s->negotiated = true;
+    return json_object();
+}
+
+static json_t *cmd_query_version(json_t *args, struct qmp_session *s,
+                                 struct qmp_error *err)
+{
+    (void)args;
+    (void)s;
+    (void)err;
+    return version_info();
+}
+
+static json_t *cmd_query_commands(json_t *args, struct qmp_session *s,
+                                  struct qmp_error *err)
+{
+    json_t *names = schema_command_names(), *out = json_array(), *name;
+    size_t i;
+
+    (void)args;
+    (void)s;
+    (void)err;
+    json_array_foreach(names, i, name) {
+        json_array_append_new(out, json_pack("{s:O}", "name", name));
+    }
+    json_decref(names);
+    return out;
+}
+
+static json_t *cmd_query_qmp_schema(json_t *args, struct qmp_session *s,
+                                    struct qmp_error *err)
+{
+    (void)args;
+    (void)s;
+    (void)err;
+    return schema_introspect();
+}
+
+static json_t *cmd_quit(json_t *args, struct qmp_session *s,
+                        struct qmp_error *err)
+{
+    (void)args;
+    (void)err;
+    s->quit_requested = true; /* ops->quit runs once the reply is out */
+    return json_object();
+}
+
+static const char core_schema[] =
+    "["
+    "{'enum': 'QMPCapability', 'data': ['oob']},"
+    "{'command': 'qmp_capabilities', 'data': {'*enable': ['QMPCapability']},"
+    " 'allow-preconfig': true},"
+    "{'struct': 'VersionTriple', 'data': {'major': 'int', 'minor': 'int',"
+    " 'micro': 'int'}},"
+    "{'struct': 'VersionInfo', 'data': {'qemu': 'VersionTriple',"
+    " 'package': 'str'}},"
+    "{'command': 'query-version', 'returns': 'VersionInfo'},"
+    "{'struct': 'CommandInfo', 'data': {'name': 'str'}},"
+    "{'command': 'query-commands', 'returns': ['CommandInfo']},"
+    "{'enum': 'SchemaMetaType', 'data': ['builtin', 'enum', 'array',"
+    " 'object', 'alternate', 'command', 'event']},"
+    "{'struct': 'SchemaInfo', 'data': {'name': 'str',"
+    " 'meta-type': 'SchemaMetaType', '*features': ['str']}},"
+    "{'command': 'query-qmp-schema', 'returns': ['SchemaInfo']},"
+    "{'command': 'quit'},"
+    "{'enum': 'ShutdownCause', 'data': ['none', 'host-error', 'host-qmp-quit',"
+    " 'host-qmp-system-reset', 'host-signal', 'host-ui', 'guest-shutdown',"
+    " 'guest-reset', 'guest-panic', 'subsystem-reset', 'snapshot-load']},"
+    "{'event': 'SHUTDOWN', 'data': {'guest': 'bool',"
+    " 'reason': 'ShutdownCause'}}"
+    "]";
+
+void qmp_core_init(void)
+{
+    qmp_schema_add(core_schema);
+    qmp_command_register("qmp_capabilities", cmd_qmp_capabilities);
+    qmp_command_register("query-version", cmd_query_version);
+    qmp_command_register("query-commands", cmd_query_commands);
+    qmp_command_register("query-qmp-schema", cmd_query_qmp_schema);
+    qmp_command_register("quit", cmd_quit);
+}

@@ -1,0 +1,701 @@
+/* A small QAPI: definitions in QAPI syntax, validation with the texts of
+ * QEMU's QObject input visitor, and SchemaInfo introspection, all from the
+ * same definitions so dispatch and query-qmp-schema cannot disagree. */
+#include "protocol/schema.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static json_t *types;    /* name -> enum/struct/union/alternate definition */
+static json_t *commands; /* name -> command definition */
+static json_t *events;   /* name -> event definition */
+
+static const char *const builtins[][2] = {
+    /* QAPI name, JSON type it takes (as introspection names it) */
+    {"str", "string"},   {"number", "number"}, {"int", "int"},
+    {"int8", "int"},     {"int16", "int"},     {"int32", "int"},
+    {"int64", "int"},    {"uint8", "int"},     {"uint16", "int"},
+    {"uint32", "int"},   {"uint64", "int"},    {"size", "int"},
+    {"bool", "boolean"}, {"null", "null"},     {"any", "value"},
+};
+
+static const char *builtin_json_type(const char *name)
+{
+    for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+        if (!strcmp(builtins[i][0], name)) {
+            return builtins[i][1];
+        }
+    }
+    return NULL;
+}
+
+static void ensure_tables(void)
+{
+    if (!types) {
+        types = json_object();
+        commands = json_object();
+        events = json_object();
+    }
+}
+
+void schema_reset(void)
+{
+    json_decref(types);
+    json_decref(commands);
+    json_decref(events);
+    types = commands = events = NULL;
+}
+
+static void __attribute__((noreturn))
+schema_bug(const char *what, const char *text)
+{
+    fprintf(stderr, "blockjobd: bad built-in schema (%s): %.200s\n", what,
+            text);
+    abort();
+}
+
+void schema_add(const char *qapi)
+{
+    char *text = strdup(qapi);
+    json_error_t jerr;
+    json_t *defs, *def;
+    size_t i;
+
+    if (!text) {
+        abort();
+    }
+    /* Built-in schema strings use QAPI's single quotes and never contain a
+     * quote character themselves. */
+    for (char *p = text; *p; p++) {
+        if (*p == '\'') {
+            *p = '"';
+        }
+    }
+    defs = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!defs || !json_is_array(defs)) {
+        schema_bug(jerr.text, qapi);
+    }
+    ensure_tables();
+    json_array_foreach(defs, i, def) {
+        static const char *const kinds[] = {"enum", "struct", "union",
+                                            "alternate"};
+        const char *name;
+        bool done = false;
+
+        for (size_t k = 0; k < 4 && !done; k++) {
+            name = json_string_value(json_object_get(def, kinds[k]));
+            if (name) {
+                json_object_set_new(def, "meta", json_string(kinds[k]));
+                json_object_set(types, name, def);
+                done = true;
+            }
+        }
+        if ((name = json_string_value(json_object_get(def, "command")))) {
+            json_object_set(commands, name, def);
+            done = true;
+        }
+        if ((name = json_string_value(json_object_get(def, "event")))) {
+            json_object_set(events, name, def);
+            done = true;
+        }
+        if (!done) {
+            schema_bug("unknown definition", qapi);
+        }
+    }
+    json_decref(defs);
+    free(text);
+}
+
+bool schema_has_command(const char *name)
+{
+    return commands && json_object_get(commands, name);
+}
+
+json_t *schema_command_names(void)
+{
+    json_t *names = json_array();
+    const char *name;
+    json_t *def;
+
+    if (commands) {
+        json_object_foreach(commands, name, def) {
+            json_array_append_new(names, json_string(name));
+        }
+    }
+    return names;
+}
+
+/* ---- validation ------------------------------------------------------ */
+
+static char *join_path(const char *parent, const char *member)
+{
+    char *s;
+
+    if (asprintf(&s, "%s%s%s", parent ? parent : "", parent ? "." : "",
+                 member) < 0) {
+        abort();
+    }
+    return s;
+}
+
+static int type_error(struct qmp_error *err, const char *full,
+                      const char *expected)
+{
+    qmp_error_setg(err, "Invalid parameter type for '%s', expected: %s",
+                   full ? full : "null", expected);
+    return -EINVAL;
+}
+
+static int check_value(json_t *v, json_t *type, const char *full,
+                       const char *bare, struct qmp_error *err);
+static int check_members(json_t *v, json_t *def, const char *full, json_t *seen,
+                         struct qmp_error *err);
+
+/* A member's type: 'T', ['T'] or {'type': ..., ...}. */
+static json_t *member_type(json_t *spec)
+{
+    if (json_is_object(spec)) {
+        return json_object_get(spec, "type");
+    }
+    return spec;
+}
+
+static int check_data_members(json_t *v, json_t *data, const char *full,
+                              json_t *seen, struct qmp_error *err)
+{
+    const char *key;
+    json_t *spec;
+
+    json_object_foreach(data, key, spec) {
+        bool optional = key[0] == '*';
+        const char *name = optional ? key + 1 : key;
+        json_t *val = json_object_get(v, name);
+        char *child = join_path(full, name);
+        int ret = 0;
+
+        json_object_set_new(seen, name, json_true());
+        if (!val) {
+            if (!optional) {
+                qmp_error_setg(err, "Parameter '%s' is missing", child);
+                ret = -EINVAL;
+            }
+        } else {
+            ret = check_value(val, member_type(spec), child, name, err);
+        }
+        free(child);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* `def` is a struct/union definition or an inline member dict. */
+static int check_members(json_t *v, json_t *def, const char *full, json_t *seen,
+                         struct qmp_error *err)
+{
+    const char *meta = json_string_value(json_object_get(def, "meta"));
+    json_t *base, *data;
+    int ret;
+
+    if (!meta) {
+        return check_data_members(v, def, full, seen, err);
+    }
+    base = json_object_get(def, "base");
+    if (json_is_string(base)) {
+        json_t *bdef = json_object_get(types, json_string_value(base));
+        if (!bdef) {
+            schema_bug("unknown base", json_string_value(base));
+        }
+        ret = check_members(v, bdef, full, seen, err);
+    } else if (json_is_object(base)) {
+        ret = check_data_members(v, base, full, seen, err);
+    } else {
+        ret = 0;
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    data = json_object_get(def, "data");
+    if (!strcmp(meta, "struct")) {
+        return data ? check_data_members(v, data, full, seen, err) : 0;
+    }
+    /* Flat union: the discriminator (a base member, already checked to be
+     * a valid enum value) picks the branch. */
+    {
+        const char *disc =
+            json_string_value(json_object_get(def, "discriminator"));
+        const char *tag = json_string_value(json_object_get(v, disc));
+        json_t *branch = tag ? json_object_get(data, tag) : NULL;
+        json_t *bdef;
+
+        if (!branch) {
+            return 0;
+        }
+        bdef = json_object_get(types, json_string_value(branch));
+        if (!bdef) {
+            schema_bug("unknown union branch", json_string_value(branch));
+        }
+        return check_members(v, bdef, full, seen, err);
+    }
+}
+
+static int check_object(json_t *v, json_t *def, const char *full,
+                        struct qmp_error *err)
+{
+    json_t *seen;
+    const char *key;
+    json_t *val;
+    int ret;
+
+    if (!json_is_object(v)) {
+        return type_error(err, full, "object");
+    }
+    seen = json_object();
+    ret = check_members(v, def, full, seen, err);
+    if (ret == 0) {
+        json_object_foreach(v, key, val) {
+            if (!json_object_get(seen, key)) {
+                char *child = join_path(full, key);
+                qmp_error_setg(err, "Parameter '%s' is unexpected", child);
+                free(child);
+                ret = -EINVAL;
+                break;
+            }
+        }
+    }
+    json_decref(seen);
+    return ret;
+}
+
+static int check_int_range(json_t *v, const char *name, const char *full,
+                           const char *bare, struct qmp_error *err)
+{
+    static const struct {
+        const char *name;
+        long long min, max;
+    } ranges[] = {
+        {"int8", -128, 127},
+        {"int16", -32768, 32767},
+        {"int32", -2147483648LL, 2147483647LL},
+        {"uint8", 0, 255},
+        {"uint16", 0, 65535},
+        {"uint32", 0, 4294967295LL},
+    };
+    long long n;
+
+    if (!strcmp(name, "uint64") || !strcmp(name, "size")) {
+        /* QEMU takes any integer (negative ones wrap, for compatibility)
+         * and integral reals up to 2^64 - 1. */
+        if (json_is_integer(v)) {
+            return 0;
+        }
+        if (json_is_real(v) && json_real_value(v) >= 0 &&
+            json_real_value(v) < 18446744073709551616.0 &&
+            json_real_value(v) ==
+                (double)(unsigned long long)json_real_value(v)) {
+            return 0;
+        }
+        qmp_error_setg(err, "Parameter '%s' expects uint64",
+                       full ? full : "null");
+        return -EINVAL;
+    }
+    if (!json_is_integer(v)) {
+        return type_error(err, full, "integer");
+    }
+    n = json_integer_value(v);
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+        if (!strcmp(ranges[i].name, name) &&
+            (n < ranges[i].min || n > ranges[i].max)) {
+            qmp_error_setg(err, "Parameter '%s' expects %s",
+                           bare ? bare : "null", name);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int check_builtin(json_t *v, const char *name, const char *jtype,
+                         const char *full, const char *bare,
+                         struct qmp_error *err)
+{
+    if (!strcmp(jtype, "string")) {
+        return json_is_string(v) ? 0 : type_error(err, full, "string");
+    }
+    if (!strcmp(jtype, "int")) {
+        return check_int_range(v, name, full, bare, err);
+    }
+    if (!strcmp(jtype, "number")) {
+        return json_is_number(v) ? 0 : type_error(err, full, "number");
+    }
+    if (!strcmp(jtype, "boolean")) {
+        return json_is_boolean(v) ? 0 : type_error(err, full, "boolean");
+    }
+    if (!strcmp(jtype, "null")) {
+        return json_is_null(v) ? 0 : type_error(err, full, "null");
+    }
+    return 0; /* any */
+}
+
+static int check_enum(json_t *v, json_t *def, const char *full,
+                      const char *bare, struct qmp_error *err)
+{
+    json_t *val;
+    size_t i;
+
+    if (!json_is_string(v)) {
+        return type_error(err, full, "string");
+    }
+    json_array_foreach(json_object_get(def, "data"), i, val) {
+        const char *name = json_is_object(val)
+                               ? json_string_value(json_object_get(val, "name"))
+                               : json_string_value(val);
+        if (name && !strcmp(name, json_string_value(v))) {
+            return 0;
+        }
+    }
+    qmp_error_setg(err, "Parameter '%s' does not accept value '%s'",
+                   bare ? bare : "null", json_string_value(v));
+    return -EINVAL;
+}
+
+/* Does JSON value `v` fit the alternate branch of type `t`? */
+static bool alternate_fits(json_t *v, const char *t)
+{
+    const char *jtype = builtin_json_type(t);
+    json_t *def;
+    const char *meta;
+
+    if (jtype) {
+        if (!strcmp(jtype, "string")) {
+            return json_is_string(v);
+        }
+        if (!strcmp(jtype, "int")) {
+            return json_is_integer(v);
+        }
+        if (!strcmp(jtype, "number")) {
+            return json_is_number(v);
+        }
+        if (!strcmp(jtype, "boolean")) {
+            return json_is_boolean(v);
+        }
+        if (!strcmp(jtype, "null")) {
+            return json_is_null(v);
+        }
+        return true;
+    }
+    def = json_object_get(types, t);
+    meta = json_string_value(json_object_get(def, "meta"));
+    if (meta && !strcmp(meta, "enum")) {
+        return json_is_string(v);
+    }
+    return json_is_object(v);
+}
+
+static int check_alternate(json_t *v, json_t *def, const char *name,
+                           const char *full, const char *bare,
+                           struct qmp_error *err)
+{
+    const char *key;
+    json_t *t;
+
+    json_object_foreach(json_object_get(def, "data"), key, t) {
+        if (alternate_fits(v, json_string_value(t))) {
+            return check_value(v, t, full, bare, err);
+        }
+    }
+    qmp_error_setg(err, "Invalid parameter type for '%s', expected: %s",
+                   bare ? bare : "null", name);
+    return -EINVAL;
+}
+
+static int check_value(json_t *v, json_t *type, const char *full,
+                       const char *bare, struct qmp_error *err)
+{
+    const char *name, *jtype, *meta;
+    json_t *def;
+
+    if (json_is_array(type)) {
+        json_t *elem;
+        size_t i;
+
+        if (!json_is_array(v)) {
+            return type_error(err, full, "array");
+        }
+        json_array_foreach(v, i, elem) {
+            char *child;
+            int ret;
+
+            if (asprintf(&child, "%s[%zu]", full ? full : "", i) < 0) {
+                abort();
+            }
+            ret = check_value(elem, json_array_get(type, 0), child, NULL, err);
+            free(child);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        return 0;
+    }
+    if (json_is_object(type)) { /* inline struct */
+        return check_object(v, type, full, err);
+    }
+    name = json_string_value(type);
+    if (!name) {
+        schema_bug("bad type expression", full ? full : "?");
+    }
+    jtype = builtin_json_type(name);
+    if (jtype) {
+        return check_builtin(v, name, jtype, full, bare, err);
+    }
+    def = json_object_get(types, name);
+    if (!def) {
+        schema_bug("unknown type", name);
+    }
+    meta = json_string_value(json_object_get(def, "meta"));
+    if (!strcmp(meta, "enum")) {
+        return check_enum(v, def, full, bare, err);
+    }
+    if (!strcmp(meta, "alternate")) {
+        return check_alternate(v, def, name, full, bare, err);
+    }
+    return check_object(v, def, full, err);
+}
+
+int schema_check_args(const char *command, json_t *args, struct qmp_error *err)
+{
+    json_t *def = commands ? json_object_get(commands, command) : NULL;
+    json_t *data;
+
+    if (!def) {
+        qmp_error_set(err, QMP_ERROR_COMMAND_NOT_FOUND,
+                      "The command %s has not been found", command);
+        return -ENOENT;
+    }
+    data = json_object_get(def, "data");
+    if (!data) {
+        /* No arguments declared: any member is unexpected. */
+        data = json_object();
+        int ret = check_object(args, data, NULL, err);
+        json_decref(data);
+        return ret;
+    }
+    return check_value(args, data, NULL, NULL, err);
+}
+
+/* ---- introspection --------------------------------------------------- */
+
+struct introspect {
+    json_t *out;   /* the SchemaInfo array */
+    json_t *names; /* type name or inline marker -> masked name */
+    json_t *queue; /* types to describe: [masked name, type expression] */
+    int next;
+};
+
+static const char *use_type(struct introspect *in, json_t *type);
+
+static const char *intern(struct introspect *in, const char *key, json_t *type)
+{
+    json_t *known = json_object_get(in->names, key);
+    char buf[32];
+
+    if (known) {
+        return json_string_value(known);
+    }
+    snprintf(buf, sizeof(buf), "%d", in->next++);
+    json_object_set_new(in->names, key, json_string(buf));
+    json_array_append_new(in->queue, json_pack("[s, O]", buf, type));
+    return json_string_value(json_object_get(in->names, key));
+}
+
+static const char *use_type(struct introspect *in, json_t *type)
+{
+    const char *name;
+    char key[48];
+
+    if (!type || (json_is_object(type) && json_object_size(type) == 0)) {
+        return intern(in, "q_empty", json_object());
+    }
+    if (json_is_object(type)) {
+        /* Inline member dicts get a private name each. */
+        snprintf(key, sizeof(key), "q_obj_%p", (void *)type);
+        return intern(in, key, type);
+    }
+    if (json_is_array(type)) {
+        const char *elem = use_type(in, json_array_get(type, 0));
+        char *aname;
+        json_t *known;
+
+        if (asprintf(&aname, "[%s]", elem) < 0) {
+            abort();
+        }
+        known = json_object_get(in->names, aname);
+        if (!known) {
+            json_object_set_new(in->names, aname, json_string(aname));
+            json_array_append_new(in->queue, json_pack("[s, s]", aname, elem));
+            known = json_object_get(in->names, aname);
+        }
+        free(aname);
+        return json_string_value(known);
+    }
+    name = json_string_value(type);
+    if (builtin_json_type(name)) {
+        const char *jt = builtin_json_type(name);
+        /* Every integer type is introspected as plain "int". */
+        if (!strcmp(jt, "int")) {
+            name = "int";
+        }
+        if (!json_object_get(in->names, name)) {
+            json_object_set_new(in->names, name, json_string(name));
+            json_array_append_new(
+                in->out, json_pack("{s:s, s:s, s:s}", "name", name, "meta-type",
+                                   "builtin", "json-type", jt));
+        }
+        return json_string_value(json_object_get(in->names, name));
+    }
+    return intern(in, name, type);
+}
+
+static void add_members(struct introspect *in, json_t *members, json_t *data)
+{
+    const char *key;
+    json_t *spec;
+
+    json_object_foreach(data, key, spec) {
+        bool optional = key[0] == '*';
+        json_t *m = json_pack("{s:s, s:s}", "name", optional ? key + 1 : key,
+                              "type", use_type(in, member_type(spec)));
+        if (optional) {
+            json_object_set_new(m, "default", json_null());
+        }
+        json_array_append_new(members, m);
+    }
+}
+
+static void add_object_members(struct introspect *in, json_t *members,
+                               json_t *def)
+{
+    json_t *base = json_object_get(def, "base");
+
+    if (json_is_string(base)) {
+        add_object_members(in, members,
+                           json_object_get(types, json_string_value(base)));
+    } else if (json_is_object(base)) {
+        add_members(in, members, base);
+    }
+    if (!strcmp(json_string_value(json_object_get(def, "meta")), "struct") &&
+        json_object_get(def, "data")) {
+        add_members(in, members, json_object_get(def, "data"));
+    }
+}
+
+static void describe(struct introspect *in, const char *masked, json_t *type)
+{
+    json_t *info = json_pack("{s:s}", "name", masked);
+    const char *meta;
+    json_t *def;
+
+    if (masked[0] == '[') {
+        json_object_set_new(info, "meta-type", json_string("array"));
+        json_object_set(info, "element-type", type);
+        json_array_append_new(in->out, info);
+        return;
+    }
+    if (json_is_object(type)) { /* inline or empty object */
+        json_t *members = json_array();
+        add_members(in, members, type);
+        json_object_set_new(info, "meta-type", json_string("object"));
+        json_object_set_new(info, "members", members);
+        json_array_append_new(in->out, info);
+        return;
+    }
+    def = json_object_get(types, json_string_value(type));
+    meta = json_string_value(json_object_get(def, "meta"));
+    if (!strcmp(meta, "enum")) {
+        json_t *members = json_array(), *values = json_array(), *v;
+        size_t i;
+
+        json_array_foreach(json_object_get(def, "data"), i, v) {
+            const char *n = json_is_object(v)
+                                ? json_string_value(json_object_get(v, "name"))
+                                : json_string_value(v);
+            json_array_append_new(members, json_pack("{s:s}", "name", n));
+            json_array_append_new(values, json_string(n));
+        }
+        json_object_set_new(info, "meta-type", json_string("enum"));
+        json_object_set_new(info, "members", members);
+        json_object_set_new(info, "values", values);
+    } else if (!strcmp(meta, "alternate")) {
+        json_t *members = json_array(), *t;
+        const char *key;
+
+        json_object_foreach(json_object_get(def, "data"), key, t) {
+            json_array_append_new(members,
+                                  json_pack("{s:s}", "type", use_type(in, t)));
+        }
+        json_object_set_new(info, "meta-type", json_string("alternate"));
+        json_object_set_new(info, "members", members);
+    } else {
+        json_t *members = json_array();
+
+        add_object_members(in, members, def);
+        json_object_set_new(info, "meta-type", json_string("object"));
+        json_object_set_new(info, "members", members);
+        if (!strcmp(meta, "union")) {
+            json_t *variants = json_array(), *t;
+            const char *key;
+
+            json_object_set(info, "tag", json_object_get(def, "discriminator"));
+            json_object_foreach(json_object_get(def, "data"), key, t) {
+                json_array_append_new(variants,
+                                      json_pack("{s:s, s:s}", "case", key,
+                                                "type", use_type(in, t)));
+            }
+            json_object_set_new(info, "variants", variants);
+        }
+    }
+    json_array_append_new(in->out, info);
+}
+
+json_t *schema_introspect(void)
+{
+    struct introspect in = {json_array(), json_object(), json_array(), 0};
+    const char *name;
+    json_t *def;
+    size_t done = 0;
+
+    ensure_tables();
+    json_object_foreach(commands, name, def) {
+        json_t *info =
+            json_pack("{s:s, s:s}", "name", name, "meta-type", "command");
+        json_object_set_new(
+            info, "arg-type",
+            json_string(use_type(&in, json_object_get(def, "data"))));
+        json_object_set_new(
+            info, "ret-type",
+            json_string(use_type(&in, json_object_get(def, "returns"))));
+        if (json_is_true(json_object_get(def, "allow-oob"))) {
+            json_object_set_new(info, "allow-oob", json_true());
+        }
+        json_array_append_new(in.out, info);
+    }
+    json_object_foreach(events, name, def) {
+        json_t *info =
+            json_pack("{s:s, s:s}", "name", name, "meta-type", "event");
+        json_object_set_new(
+            info, "arg-type",
+            json_string(use_type(&in, json_object_get(def, "data"))));
+        json_array_append_new(in.out, info);
+    }
+    /* Describing a type may queue more types. */
+    while (done < json_array_size(in.queue)) {
+        json_t *item = json_array_get(in.queue, done++);
+        describe(&in, json_string_value(json_array_get(item, 0)),
+                 json_array_get(item, 1));
+    }
+    json_decref(in.names);
+    json_decref(in.queue);
+    return in.out;
+}
