@@ -1,0 +1,230 @@
+/* Block jobs: speed, on-error, io-status, BLOCK_JOB_* events. */
+#include "jobs/blockjob.h"
+
+#include <errno.h>
+#include <string.h>
+#include <uv.h>
+
+#include "protocol/qmp.h"
+
+static uint64_t (*clock_ns)(void);
+
+void blockjob_set_clock(uint64_t (*now_ns)(void))
+{
+    clock_ns = now_ns;
+}
+
+static uint64_t now_ns(void)
+{
+    return clock_ns ? clock_ns() : uv_hrtime();
+}
+
+static const char *const on_error_names[] = {
+    [BLOCKJOB_ON_ERROR_REPORT] = "report",
+    [BLOCKJOB_ON_ERROR_IGNORE] = "ignore",
+    [BLOCKJOB_ON_ERROR_ENOSPC] = "enospc",
+    [BLOCKJOB_ON_ERROR_STOP] = "stop",
+    [BLOCKJOB_ON_ERROR_AUTO] = "auto",
+};
+
+int blockjob_on_error_parse(const char *name)
+{
+    for (size_t i = 0; i < sizeof(on_error_names) / sizeof(on_error_names[0]);
+         i++) {
+        if (!strcmp(name, on_error_names[i])) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+const char *blockjob_action_name(enum blockjob_action action)
+{
+    switch (action) {
+    case BLOCKJOB_ACTION_IGNORE:
+        return "ignore";
+    case BLOCKJOB_ACTION_STOP:
+        return "stop";
+    case BLOCKJOB_ACTION_REPORT:
+        break;
+    }
+    return "report";
+}
+
+const char *blockjob_io_status_name(enum blockjob_io_status st)
+{
+    switch (st) {
+    case BLOCKJOB_IO_FAILED:
+        return "failed";
+    case BLOCKJOB_IO_NOSPACE:
+        return "nospace";
+    case BLOCKJOB_IO_OK:
+        break;
+    }
+    return "ok";
+}
+
+enum blockjob_action blockjob_error_decide(enum blockjob_on_error policy,
+                                           int err)
+{
+    switch (policy) {
+    case BLOCKJOB_ON_ERROR_IGNORE:
+        return BLOCKJOB_ACTION_IGNORE;
+    case BLOCKJOB_ON_ERROR_STOP:
+        return BLOCKJOB_ACTION_STOP;
+    case BLOCKJOB_ON_ERROR_ENOSPC:
+    case BLOCKJOB_ON_ERROR_AUTO:
+        return err == -ENOSPC ? BLOCKJOB_ACTION_STOP : BLOCKJOB_ACTION_REPORT;
+    case BLOCKJOB_ON_ERROR_REPORT:
+        break;
+    }
+    return BLOCKJOB_ACTION_REPORT;
+}
+
+enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
+                                           bool is_read)
+{
+    enum blockjob_action action = blockjob_error_decide(bj->on_error, err);
+    json_t *data = json_object();
+
+    json_object_set_new(data, "device", json_string(bj->job.id));
+    json_object_set_new(data, "operation",
+                        json_string(is_read ? "read" : "write"));
+    json_object_set_new(data, "action",
+                        json_string(blockjob_action_name(action)));
+    qmp_event_emit("BLOCK_JOB_ERROR", data); /* steals data */
+
+    if (action == BLOCKJOB_ACTION_STOP) {
+        /* io-status first: the pause may park the job right away and a
+         * query in between must already see it. */
+        if (bj->iostatus == BLOCKJOB_IO_OK) {
+            bj->iostatus =
+                err == -ENOSPC ? BLOCKJOB_IO_NOSPACE : BLOCKJOB_IO_FAILED;
+        }
+        if (!bj->job.user_paused) {
+            /* A pause the user can see and resume. */
+            bj->job.user_paused = true;
+            job_pause(&bj->job);
+        }
+    }
+    return action;
+}
+
+int blockjob_set_speed(struct blockjob *bj, int64_t speed,
+                       struct qmp_error *err)
+{
+    int ret = job_apply_verb(&bj->job, JOB_VERB_SET_SPEED, err);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (speed < 0) {
+        qmp_error_setg(err, "Parameter 'speed' expects a non-negative value");
+        return -EINVAL;
+    }
+    bj->speed = speed;
+    ratelimit_set_speed(&bj->rl, (uint64_t)speed, now_ns());
+    /* A job sleeping on the old limit re-evaluates at once. */
+    job_wake(&bj->job);
+    return 0;
+}
+
+uint64_t blockjob_ratelimit_delay(struct blockjob *bj)
+{
+    return ratelimit_delay(&bj->rl, now_ns());
+}
+
+void blockjob_ratelimit_account(struct blockjob *bj, uint64_t bytes)
+{
+    ratelimit_account(&bj->rl, bytes, now_ns());
+}
+
+void blockjob_user_resume(struct job *job)
+{
+    ((struct blockjob *)job)->iostatus = BLOCKJOB_IO_OK;
+}
+
+static json_t *progress_event_data(struct blockjob *bj)
+{
+    json_t *data = json_object();
+
+    json_object_set_new(data, "device", json_string(bj->job.id));
+    json_object_set_new(data, "len",
+                        json_integer((json_int_t)bj->job.progress_total));
+    json_object_set_new(data, "offset",
+                        json_integer((json_int_t)bj->job.progress_current));
+    json_object_set_new(data, "speed", json_integer(bj->speed));
+    json_object_set_new(data, "type",
+                        json_string(job_type_name(bj->job.drv->type)));
+    return data;
+}
+
+void blockjob_event_finished(struct job *job)
+{
+    struct blockjob *bj = (struct blockjob *)job;
+    json_t *data = progress_event_data(bj);
+
+    if (job->cancelled) {
+        qmp_event_emit("BLOCK_JOB_CANCELLED", data);
+        return;
+    }
+    if (job->ret && job->error) {
+        json_object_set_new(data, "error", json_string(job->error));
+    }
+    qmp_event_emit("BLOCK_JOB_COMPLETED", data);
+}
+
+void blockjob_event_pending(struct job *job)
+{
+    json_t *data = json_object();
+
+    json_object_set_new(data, "type",
+                        json_string(job_type_name(job->drv->type)));
+    json_object_set_new(data, "id", json_string(job->id));
+    qmp_event_emit("BLOCK_JOB_PENDING", data);
+}
+
+json_t *blockjob_info(struct blockjob *bj)
+{
+    struct job *job = &bj->job;
+    json_t *o = json_object();
+
+    json_object_set_new(o, "auto-finalize", json_boolean(job->auto_finalize));
+    json_object_set_new(o, "io-status",
+                        json_string(blockjob_io_status_name(bj->iostatus)));
+    json_object_set_new(o, "device", json_string(job->id));
+    json_object_set_new(o, "auto-dismiss", json_boolean(job->auto_dismiss));
+    json_object_set_new(o, "busy", json_boolean(job->busy));
+    json_object_set_new(o, "len",
+                        json_integer((json_int_t)job->progress_total));
+    json_object_set_new(o, "offset",
+                        json_integer((json_int_t)job->progress_current));
+    json_object_set_new(o, "status", json_string(job_status_name(job->status)));
+    json_object_set_new(o, "paused", json_boolean(job->pause_count > 0));
+    json_object_set_new(o, "speed", json_integer(bj->speed));
+    json_object_set_new(o, "ready",
+                        json_boolean(job->status == JOB_STATUS_READY ||
+                                     job->status == JOB_STATUS_STANDBY));
+    json_object_set_new(o, "type", json_string(job_type_name(job->drv->type)));
+    if (job->ret && job->error) {
+        json_object_set_new(o, "error", json_string(job->error));
+    }
+    return o;
+}
+
+json_t *job_info(struct job *job)
+{
+    json_t *o = json_object();
+
+    json_object_set_new(o, "current-progress",
+                        json_integer((json_int_t)job->progress_current));
+    json_object_set_new(o, "status", json_string(job_status_name(job->status)));
+    json_object_set_new(o, "total-progress",
+                        json_integer((json_int_t)job->progress_total));
+    json_object_set_new(o, "type", json_string(job_type_name(job->drv->type)));
+    json_object_set_new(o, "id", json_string(job->id));
+    if (job->ret && job->error) {
+        json_object_set_new(o, "error", json_string(job->error));
+    }
+    return o;
+}

@@ -1,0 +1,641 @@
+/* Generic job core: status and verb tables, transitions with
+ * JOB_STATUS_CHANGE, pausing/cancelling at drain points, and the ending
+ * sequence (waiting, pending, finalize, concluded, null). */
+#include "jobs/job.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol/qmp.h"
+
+static struct job *jobs; /* creation order */
+
+static void (*shutdown_cb)(void *opaque);
+static void *shutdown_opaque;
+
+static const char *const status_names[JOB_STATUS__MAX] = {
+    [JOB_STATUS_UNDEFINED] = "undefined", [JOB_STATUS_CREATED] = "created",
+    [JOB_STATUS_RUNNING] = "running",     [JOB_STATUS_PAUSED] = "paused",
+    [JOB_STATUS_READY] = "ready",         [JOB_STATUS_STANDBY] = "standby",
+    [JOB_STATUS_WAITING] = "waiting",     [JOB_STATUS_PENDING] = "pending",
+    [JOB_STATUS_ABORTING] = "aborting",   [JOB_STATUS_CONCLUDED] = "concluded",
+    [JOB_STATUS_NULL] = "null",
+};
+
+static const char *const verb_names[JOB_VERB__MAX] = {
+    [JOB_VERB_CANCEL] = "cancel",     [JOB_VERB_PAUSE] = "pause",
+    [JOB_VERB_RESUME] = "resume",     [JOB_VERB_SET_SPEED] = "set-speed",
+    [JOB_VERB_COMPLETE] = "complete", [JOB_VERB_FINALIZE] = "finalize",
+    [JOB_VERB_DISMISS] = "dismiss",
+};
+
+static const char *const type_names[JOB_TYPE__MAX] = {
+    [JOB_TYPE_COMMIT] = "commit", [JOB_TYPE_STREAM] = "stream",
+    [JOB_TYPE_MIRROR] = "mirror", [JOB_TYPE_BACKUP] = "backup",
+    [JOB_TYPE_CREATE] = "create", [JOB_TYPE_AMEND] = "amend",
+};
+
+/* Allowed transitions, QEMU 7.2's JobSTT. Columns: U C R P Y S W D X E N */
+static const bool stt[JOB_STATUS__MAX][JOB_STATUS__MAX] = {
+    /* U: */ [JOB_STATUS_UNDEFINED] = {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    /* C: */[JOB_STATUS_CREATED] = {0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1},
+    /* R: */[JOB_STATUS_RUNNING] = {0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0},
+    /* P: */[JOB_STATUS_PAUSED] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0},
+    /* Y: */[JOB_STATUS_READY] = {0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0},
+    /* S: */[JOB_STATUS_STANDBY] = {0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0},
+    /* W: */[JOB_STATUS_WAITING] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0},
+    /* D: */[JOB_STATUS_PENDING] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    /* X: */[JOB_STATUS_ABORTING] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0},
+    /* E: */[JOB_STATUS_CONCLUDED] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+    /* N: */[JOB_STATUS_NULL] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+};
+
+/* Verbs per status, QEMU 7.2's JobVerbTable. Columns: U C R P Y S W D X E N */
+static const bool verb_table[JOB_VERB__MAX][JOB_STATUS__MAX] = {
+    [JOB_VERB_CANCEL] = {0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0},
+    [JOB_VERB_PAUSE] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [JOB_VERB_RESUME] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [JOB_VERB_SET_SPEED] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0},
+    [JOB_VERB_COMPLETE] = {0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0},
+    [JOB_VERB_FINALIZE] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0},
+    [JOB_VERB_DISMISS] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0},
+};
+
+const char *job_status_name(enum job_status st)
+{
+    return st < JOB_STATUS__MAX ? status_names[st] : "undefined";
+}
+
+const char *job_verb_name(enum job_verb verb)
+{
+    return verb < JOB_VERB__MAX ? verb_names[verb] : "?";
+}
+
+const char *job_type_name(enum job_type type)
+{
+    return type < JOB_TYPE__MAX ? type_names[type] : "?";
+}
+
+bool job_transition_allowed(enum job_status from, enum job_status to)
+{
+    if (from >= JOB_STATUS__MAX || to >= JOB_STATUS__MAX) {
+        return false;
+    }
+    return stt[from][to];
+}
+
+bool job_verb_allowed(enum job_verb verb, enum job_status st)
+{
+    if (verb >= JOB_VERB__MAX || st >= JOB_STATUS__MAX) {
+        return false;
+    }
+    return verb_table[verb][st];
+}
+
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+bool job_id_wellformed(const char *id)
+{
+    if (!id || !is_alpha(id[0])) {
+        return false;
+    }
+    for (const char *p = id + 1; *p; p++) {
+        if (!is_alpha(*p) && !(*p >= '0' && *p <= '9') && *p != '.' &&
+            *p != '_' && *p != '-') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The one place a job's status changes. */
+static void job_transition(struct job *job, enum job_status to)
+{
+    enum job_status from = job->status;
+    json_t *data;
+
+    assert(stt[from][to]);
+    job->status = to;
+    if (from == to || !job->id) {
+        return;
+    }
+    data = json_object();
+    json_object_set_new(data, "status", json_string(status_names[to]));
+    json_object_set_new(data, "id", json_string(job->id));
+    qmp_event_emit("JOB_STATUS_CHANGE", data); /* steals data */
+}
+
+struct job *job_find(const char *id)
+{
+    for (struct job *j = jobs; j; j = j->next) {
+        if (j->id && !strcmp(j->id, id)) {
+            return j;
+        }
+    }
+    return NULL;
+}
+
+struct job *job_first(void)
+{
+    return jobs;
+}
+
+struct job *job_next(struct job *job)
+{
+    return job->next;
+}
+
+bool job_any(void)
+{
+    return jobs != NULL;
+}
+
+static void list_remove(struct job *job)
+{
+    for (struct job **pp = &jobs; *pp; pp = &(*pp)->next) {
+        if (*pp == job) {
+            *pp = job->next;
+            job->next = NULL;
+            return;
+        }
+    }
+}
+
+static void shutdown_check(void)
+{
+    void (*cb)(void *) = shutdown_cb;
+
+    if (!cb) {
+        return;
+    }
+    for (struct job *j = jobs; j; j = j->next) {
+        if (j->status != JOB_STATUS_CONCLUDED) {
+            return;
+        }
+    }
+    shutdown_cb = NULL;
+    cb(shutdown_opaque);
+}
+
+struct job *job_create(const struct job_driver *drv, const char *id,
+                       uv_loop_t *loop, bool auto_finalize, bool auto_dismiss,
+                       struct qmp_error *err)
+{
+    struct job *job;
+
+    assert(drv->instance_size >= sizeof(struct job));
+    if (!job_id_wellformed(id)) {
+        qmp_error_setg(err, "Invalid job ID '%s'", id ? id : "");
+        return NULL;
+    }
+    if (job_find(id)) {
+        qmp_error_setg(err, "Job ID '%s' already in use", id);
+        return NULL;
+    }
+    job = calloc(1, drv->instance_size);
+    if (!job || !(job->id = strdup(id))) {
+        abort();
+    }
+    job->drv = drv;
+    job->refcnt = 1; /* the job list's reference, dropped at dismiss */
+    job->loop = loop;
+    job->auto_finalize = auto_finalize;
+    job->auto_dismiss = auto_dismiss;
+    uv_timer_init(loop, &job->sleep_timer);
+    job->sleep_timer.data = job;
+
+    struct job **pp = &jobs;
+    while (*pp) {
+        pp = &(*pp)->next;
+    }
+    *pp = job;
+    job_transition(job, JOB_STATUS_CREATED);
+    return job;
+}
+
+static void job_close_cb(uv_handle_t *h)
+{
+    struct job *job = h->data;
+
+    free(job->id);
+    free(job->error);
+    free(job);
+}
+
+void job_ref(struct job *job)
+{
+    job->refcnt++;
+}
+
+void job_unref(struct job *job)
+{
+    assert(job->refcnt > 0);
+    if (--job->refcnt > 0) {
+        return;
+    }
+    assert(job->status == JOB_STATUS_NULL);
+    if (job->drv->free) {
+        job->drv->free(job);
+    }
+    uv_close((uv_handle_t *)&job->sleep_timer, job_close_cb);
+}
+
+static void job_do_dismiss(struct job *job)
+{
+    job_transition(job, JOB_STATUS_NULL);
+    list_remove(job);
+    job_unref(job);
+    shutdown_check();
+}
+
+void job_early_fail(struct job *job)
+{
+    assert(job->status == JOB_STATUS_CREATED && !job->started);
+    job_do_dismiss(job);
+}
+
+int job_apply_verb(struct job *job, enum job_verb verb, struct qmp_error *err)
+{
+    if (verb_table[verb][job->status]) {
+        return 0;
+    }
+    qmp_error_setg(err,
+                   "Job '%s' in state '%s' cannot accept command verb '%s'",
+                   job->id, status_names[job->status], verb_names[verb]);
+    return -EPERM;
+}
+
+bool job_is_cancelled(const struct job *job)
+{
+    return job->cancelled;
+}
+
+bool job_may_issue(const struct job *job)
+{
+    return job->started && !job->deferred && !job->cancelled &&
+           job->pause_count == 0 && !job->sleeping && !job->paused;
+}
+
+static void job_stop_sleep(struct job *job)
+{
+    if (job->sleeping) {
+        uv_timer_stop(&job->sleep_timer);
+        job->sleeping = false;
+        job->busy = true;
+    }
+}
+
+/* Decides what the job does next. Never re-enters the driver's run. */
+void job_enter(struct job *job)
+{
+    if (!job->started || job->deferred) {
+        return;
+    }
+    if (job->in_run) {
+        job->kick_pending = true;
+        return;
+    }
+    job_ref(job);
+    for (;;) {
+        if (job->deferred) {
+            break;
+        }
+        if (job->paused) {
+            if (job->pause_count > 0 && !job->cancelled) {
+                break;
+            }
+            job->paused = false;
+            job->busy = true;
+            job_transition(job, job->status == JOB_STATUS_STANDBY
+                                    ? JOB_STATUS_READY
+                                    : JOB_STATUS_RUNNING);
+        }
+        if (job->sleeping) {
+            if (job->pause_count == 0 && !job->cancelled) {
+                break; /* the timer will re-enter */
+            }
+            job_stop_sleep(job);
+        }
+        if (job->pause_count > 0 && !job->cancelled) {
+            if (job->in_flight > 0) {
+                break; /* park once they drained */
+            }
+            job->paused = true;
+            job->busy = false;
+            job_transition(job, job->status == JOB_STATUS_READY
+                                    ? JOB_STATUS_STANDBY
+                                    : JOB_STATUS_PAUSED);
+            break;
+        }
+        if (job->cancelled && job->in_flight > 0) {
+            break;
+        }
+        job->in_run = true;
+        job->kick_pending = false;
+        job->drv->run(job);
+        job->in_run = false;
+        if (!job->kick_pending) {
+            break;
+        }
+    }
+    job_unref(job);
+}
+
+static void sleep_timer_cb(uv_timer_t *t)
+{
+    struct job *job = t->data;
+
+    job->sleeping = false;
+    job->busy = true;
+    job_enter(job);
+}
+
+void job_sleep_ns(struct job *job, uint64_t ns)
+{
+    uint64_t ms = (ns + 999999) / 1000000;
+
+    assert(!job->sleeping);
+    job->sleeping = true;
+    job->busy = false;
+    uv_timer_start(&job->sleep_timer, sleep_timer_cb, ms, 0);
+}
+
+void job_wake(struct job *job)
+{
+    if (job->sleeping) {
+        job_stop_sleep(job);
+        job_enter(job);
+    }
+}
+
+void job_io_begin(struct job *job)
+{
+    job->in_flight++;
+}
+
+void job_io_end(struct job *job)
+{
+    assert(job->in_flight > 0);
+    job->in_flight--;
+    job_enter(job);
+}
+
+void job_start(struct job *job)
+{
+    assert(job->status == JOB_STATUS_CREATED);
+    job->started = true;
+    job->busy = true;
+    job_transition(job, JOB_STATUS_RUNNING);
+    job_enter(job);
+}
+
+void job_progress_set_total(struct job *job, uint64_t total)
+{
+    job->progress_total = total;
+}
+
+void job_progress_set_current(struct job *job, uint64_t current)
+{
+    job->progress_current = current;
+}
+
+void job_pause(struct job *job)
+{
+    job->pause_count++;
+    job_enter(job);
+}
+
+void job_resume(struct job *job)
+{
+    assert(job->pause_count > 0);
+    job->pause_count--;
+    if (job->pause_count == 0) {
+        job_enter(job);
+    }
+}
+
+/* ---- ending sequence ---- */
+
+static void job_update_rc(struct job *job)
+{
+    if (!job->ret && job->cancelled) {
+        job->ret = -ECANCELED;
+    }
+    if (job->ret) {
+        if (!job->error) {
+            job->error = strdup(strerror(-job->ret));
+        }
+        job_transition(job, JOB_STATUS_ABORTING);
+    }
+}
+
+static void job_conclude(struct job *job)
+{
+    job_transition(job, JOB_STATUS_CONCLUDED);
+    if (job->auto_dismiss || !job->started) {
+        job_do_dismiss(job);
+    } else {
+        shutdown_check();
+    }
+}
+
+static void job_finalize_single(struct job *job)
+{
+    job_update_rc(job);
+    if (!job->ret) {
+        if (job->drv->commit) {
+            job->drv->commit(job);
+        }
+    } else if (job->drv->abort) {
+        job->drv->abort(job);
+    }
+    if (job->drv->clean) {
+        job->drv->clean(job);
+    }
+    if (job->started && job->drv->finished) {
+        job->drv->finished(job);
+    }
+    job_conclude(job);
+}
+
+static void job_prepare_done(struct job *job, int ret)
+{
+    if (ret < 0 && !job->ret) {
+        job->ret = ret;
+    }
+    /* A cancel that arrived while prepare ran cannot undo it: the job's
+     * effect is made; it concludes as prepared. */
+    job->cancelled = job->cancelled && job->ret != 0;
+    job_finalize_single(job);
+    job_unref(job);
+}
+
+static void job_do_finalize(struct job *job)
+{
+    if (job->finalizing) {
+        return; /* prepare already under way */
+    }
+    job->finalizing = true;
+    job_ref(job);
+    if (job->drv->prepare && !job->ret) {
+        job->drv->prepare(job, job_prepare_done);
+    } else {
+        job_prepare_done(job, 0);
+    }
+}
+
+void job_completed(struct job *job, int ret)
+{
+    assert(!job->deferred && job->in_flight == 0);
+    job_stop_sleep(job);
+    job->deferred = true;
+    job->busy = false;
+    if (!job->ret) {
+        job->ret = ret;
+    }
+    job_ref(job);
+    job_update_rc(job);
+    if (job->ret) {
+        job_finalize_single(job);
+    } else {
+        job_transition(job, JOB_STATUS_WAITING);
+        job_transition(job, JOB_STATUS_PENDING);
+        if (!job->auto_finalize) {
+            if (job->drv->pending) {
+                job->drv->pending(job);
+            }
+            shutdown_check();
+        } else {
+            job_do_finalize(job);
+        }
+    }
+    job_unref(job);
+}
+
+/* ---- user verbs ---- */
+
+static void job_cancel(struct job *job, bool force)
+{
+    if (job->status == JOB_STATUS_CONCLUDED) {
+        job_do_dismiss(job);
+        return;
+    }
+    if (job->user_paused) {
+        if (job->drv->user_resume) {
+            job->drv->user_resume(job);
+        }
+        job->user_paused = false;
+        assert(job->pause_count > 0);
+        job->pause_count--;
+    }
+    /* No job type here knows a soft cancel (mirror's ready state): like
+     * QEMU's drivers without a .cancel hook, every cancel is a hard one. */
+    force = true;
+    if (force || !job->deferred) {
+        job->cancelled = true;
+        job->force_cancel |= force;
+    }
+    if (!job->started) {
+        job->deferred = true;
+        job_ref(job);
+        job_finalize_single(job);
+        job_unref(job);
+    } else if (job->deferred) {
+        if (job->cancelled && job->status == JOB_STATUS_PENDING &&
+            !job->finalizing) {
+            job_ref(job);
+            job_finalize_single(job);
+            job_unref(job);
+        }
+    } else {
+        job_enter(job);
+    }
+}
+
+void job_user_pause(struct job *job, struct qmp_error *err)
+{
+    if (job_apply_verb(job, JOB_VERB_PAUSE, err) < 0) {
+        return;
+    }
+    if (job->user_paused) {
+        qmp_error_setg(err, "Job is already paused");
+        return;
+    }
+    job->user_paused = true;
+    job_pause(job);
+}
+
+void job_user_resume(struct job *job, struct qmp_error *err)
+{
+    if (!job->user_paused || job->pause_count <= 0) {
+        qmp_error_setg(err, "Can't resume a job that was not paused");
+        return;
+    }
+    if (job_apply_verb(job, JOB_VERB_RESUME, err) < 0) {
+        return;
+    }
+    if (job->drv->user_resume) {
+        job->drv->user_resume(job);
+    }
+    job->user_paused = false;
+    job_resume(job);
+}
+
+void job_user_cancel(struct job *job, bool force, struct qmp_error *err)
+{
+    if (job_apply_verb(job, JOB_VERB_CANCEL, err) < 0) {
+        return;
+    }
+    job_cancel(job, force);
+}
+
+void job_complete(struct job *job, struct qmp_error *err)
+{
+    if (job_apply_verb(job, JOB_VERB_COMPLETE, err) < 0) {
+        return;
+    }
+    if (job->cancelled || !job->drv->complete) {
+        qmp_error_setg(err, "The active block job '%s' cannot be completed",
+                       job->id);
+        return;
+    }
+    job->drv->complete(job, err);
+}
+
+void job_finalize(struct job *job, struct qmp_error *err)
+{
+    if (job_apply_verb(job, JOB_VERB_FINALIZE, err) < 0) {
+        return;
+    }
+    job_do_finalize(job);
+}
+
+void job_dismiss(struct job *job, struct qmp_error *err)
+{
+    if (job_apply_verb(job, JOB_VERB_DISMISS, err) < 0) {
+        return;
+    }
+    job_do_dismiss(job);
+}
+
+void job_shutdown(void (*cb)(void *opaque), void *opaque)
+{
+    shutdown_cb = cb;
+    shutdown_opaque = opaque;
+    for (struct job *j = jobs, *next; j; j = next) {
+        next = j->next;
+        job_ref(j);
+        if (j->status != JOB_STATUS_CONCLUDED &&
+            (!j->deferred || j->status == JOB_STATUS_PENDING)) {
+            job_cancel(j, true);
+        }
+        job_unref(j);
+    }
+    shutdown_check();
+}
