@@ -1,0 +1,695 @@
+/* The block-stream driver: a state machine over bdev completions.
+ *
+ * The disk is scanned front to back: a block-status query on the top says
+ * what the top already holds (skipped), a query of the chain from the top's
+ * backing down to the lowest copied node says what must be copied. Copy runs
+ * are cut into chunks issued up to the queue depth; each chunk is read
+ * through the top (so unallocated ranges come from the chain) and written
+ * into the top (zeroes as write-zeroes, as QEMU's copy-on-read does).
+ *
+ * Progress is the contiguous prefix of the disk that is done: the lowest
+ * offset of any chunk not finished (in flight, held for a retry after a
+ * stop, or failed), else the scan position. So with an error at 512 KiB the
+ * job reports offset 524288 however many later chunks completed, like QEMU's
+ * one-chunk-at-a-time loop.
+ */
+#include "jobs/stream.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobs/job_qmp.h"
+#include "protocol/qmp.h"
+
+/* A status query never asks for more than this (bounds one answer). */
+#define STREAM_QUERY_MAX (1ULL << 30)
+
+enum req_state {
+    REQ_FREE,
+    REQ_BUSY, /* read or write in flight */
+    REQ_HELD, /* failed with on-error stop: retried after resume */
+    REQ_DEAD, /* failed with report: the job ends; progress stops here */
+};
+
+struct stream_req {
+    struct stream_job *s;
+    enum req_state st;
+    uint64_t off;
+    uint64_t bytes;
+    void *buf;
+    bool zero_fallback; /* write-zeroes refused: written as data */
+};
+
+struct stream_job {
+    struct blockjob common; /* first */
+    struct bdev *top;
+    struct bdev *base;   /* new backing; NULL: none */
+    struct bdev *bottom; /* lowest node copied from; NULL: nothing to copy */
+    char *backing_file;
+    char *backing_fmt;
+    struct bdev **claimed; /* top .. bottom, referenced and claimed */
+    size_t n_claimed;
+    bool reopened_rw;
+    bool n_claimed_released;
+    uint64_t len;
+    uint64_t chunk;
+    uint64_t scan;    /* everything below was handed out or skipped */
+    uint64_t run_end; /* [scan, run_end) must be copied */
+    bool querying;
+    bool failing; /* a report error: issue nothing more */
+    int first_err;
+    unsigned depth;
+    struct stream_req *reqs;
+    void *bufs;
+    job_done_fn *prepare_cb;
+};
+
+static void stream_run(struct job *job);
+
+static struct stream_job *to_stream(struct job *job)
+{
+    return (struct stream_job *)job;
+}
+
+static void update_progress(struct stream_job *s)
+{
+    uint64_t p = s->scan;
+
+    for (unsigned i = 0; i < s->depth; i++) {
+        if (s->reqs[i].st != REQ_FREE && s->reqs[i].off < p) {
+            p = s->reqs[i].off;
+        }
+    }
+    if (p > s->common.job.progress_current) {
+        job_progress_set_current(&s->common.job, p);
+    }
+}
+
+static bool buffer_is_zero(const void *buf, size_t len)
+{
+    const uint64_t *p = buf;
+
+    /* Buffers are aligned and chunks are multiples of 512 bytes except maybe
+     * the disk's tail. */
+    for (size_t i = 0; i < len / 8; i++) {
+        if (p[i]) {
+            return false;
+        }
+    }
+    for (size_t i = len & ~(size_t)7; i < len; i++) {
+        if (((const unsigned char *)buf)[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A request failed (read or write: stream always reports "read"). */
+static void req_failed(struct stream_req *r, int ret)
+{
+    struct stream_job *s = r->s;
+    enum blockjob_action action;
+
+    action = blockjob_error_action(&s->common, ret, true);
+    switch (action) {
+    case BLOCKJOB_ACTION_STOP:
+        r->st = REQ_HELD;
+        break;
+    case BLOCKJOB_ACTION_IGNORE:
+        if (!s->first_err) {
+            s->first_err = ret;
+        }
+        r->st = REQ_FREE;
+        break;
+    case BLOCKJOB_ACTION_REPORT:
+        if (!s->first_err) {
+            s->first_err = ret;
+        }
+        r->st = REQ_DEAD;
+        s->failing = true;
+        break;
+    }
+}
+
+static void write_done(void *opaque, int ret);
+
+static void issue_write(struct stream_req *r)
+{
+    struct stream_job *s = r->s;
+    int ret;
+
+    if (!r->zero_fallback && buffer_is_zero(r->buf, r->bytes)) {
+        ret = bdev_write_zeroes(s->top, r->off, r->bytes, write_done, r);
+        if (ret != -ENOTSUP) {
+            goto out;
+        }
+        r->zero_fallback = true;
+    }
+    ret = bdev_write(s->top, r->off, r->bytes, r->buf, write_done, r);
+out:
+    if (ret < 0) {
+        write_done(r, ret);
+    }
+}
+
+static void write_done(void *opaque, int ret)
+{
+    struct stream_req *r = opaque;
+    struct stream_job *s = r->s;
+
+    if (ret == -ENOTSUP && !r->zero_fallback) {
+        r->zero_fallback = true;
+        issue_write(r);
+        return;
+    }
+    if (ret < 0) {
+        req_failed(r, ret);
+    } else {
+        r->st = REQ_FREE;
+    }
+    update_progress(s);
+    job_io_end(&s->common.job);
+}
+
+static void read_done(void *opaque, int ret)
+{
+    struct stream_req *r = opaque;
+    struct stream_job *s = r->s;
+
+    if (ret < 0) {
+        req_failed(r, ret);
+        update_progress(s);
+        job_io_end(&s->common.job);
+        return;
+    }
+    r->zero_fallback = false;
+    issue_write(r);
+}
+
+static void issue_req(struct stream_req *r)
+{
+    struct stream_job *s = r->s;
+    int ret;
+
+    r->st = REQ_BUSY;
+    job_io_begin(&s->common.job);
+    ret = bdev_read(s->top, r->off, r->bytes, r->buf, read_done, r);
+    if (ret < 0) {
+        read_done(r, ret);
+    }
+}
+
+static struct stream_req *free_req(struct stream_job *s)
+{
+    for (unsigned i = 0; i < s->depth; i++) {
+        if (s->reqs[i].st == REQ_FREE) {
+            return &s->reqs[i];
+        }
+    }
+    return NULL;
+}
+
+/* Answer about the chain below the top for [scan, scan + pnum). */
+static void chain_status_done(void *opaque, int ret, unsigned status,
+                              uint64_t pnum)
+{
+    struct stream_job *s = opaque;
+
+    s->querying = false;
+    if (ret < 0) {
+        /* Treated like a failed read of one chunk. */
+        enum blockjob_action a = blockjob_error_action(&s->common, ret, true);
+
+        if (a != BLOCKJOB_ACTION_STOP && !s->first_err) {
+            s->first_err = ret;
+        }
+        if (a == BLOCKJOB_ACTION_REPORT) {
+            s->failing = true;
+        } else if (a == BLOCKJOB_ACTION_IGNORE) {
+            uint64_t n =
+                s->len - s->scan < s->chunk ? s->len - s->scan : s->chunk;
+            s->scan += n;
+        }
+    } else if (status & BDEV_STATUS_ALLOCATED) {
+        s->run_end = s->scan + pnum;
+    } else {
+        s->scan += pnum;
+    }
+    update_progress(s);
+    job_io_end(&s->common.job);
+}
+
+/* Answer about the top itself for [scan, ...). */
+static void top_status_done(void *opaque, int ret, unsigned status,
+                            uint64_t pnum)
+{
+    struct stream_job *s = opaque;
+    struct bdev *backing = bdev_backing(s->top);
+
+    if (ret >= 0 && !(status & BDEV_STATUS_ALLOCATED) && backing) {
+        ret = bdev_is_allocated_above(backing, s->bottom, s->scan, pnum,
+                                      chain_status_done, s);
+        if (ret >= 0) {
+            return; /* still querying, still counted in flight */
+        }
+    } else if (ret >= 0) {
+        status = 0; /* allocated in top (or no backing): skip */
+    }
+    chain_status_done(s, ret, 0, pnum);
+}
+
+static void issue_query(struct stream_job *s)
+{
+    uint64_t n = s->len - s->scan;
+    int ret;
+
+    if (n > STREAM_QUERY_MAX) {
+        n = STREAM_QUERY_MAX;
+    }
+    s->querying = true;
+    job_io_begin(&s->common.job);
+    ret = bdev_block_status(s->top, s->scan, n, top_status_done, s);
+    if (ret < 0) {
+        s->querying = false;
+        chain_status_done(s, ret, 0, 0);
+    }
+}
+
+static bool all_free(struct stream_job *s)
+{
+    for (unsigned i = 0; i < s->depth; i++) {
+        if (s->reqs[i].st != REQ_FREE) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void stream_run(struct job *job)
+{
+    struct stream_job *s = to_stream(job);
+
+    if (job_is_cancelled(job) || s->failing) {
+        if (job->in_flight == 0) {
+            job_completed(job, s->first_err);
+        }
+        return;
+    }
+    while (job_may_issue(job)) {
+        struct stream_req *r = NULL;
+        uint64_t delay, end;
+
+        /* Chunks held by an error stop go first, unchanged. */
+        for (unsigned i = 0; i < s->depth; i++) {
+            if (s->reqs[i].st == REQ_HELD) {
+                r = &s->reqs[i];
+                break;
+            }
+        }
+        if (r) {
+            issue_req(r);
+            continue;
+        }
+        if (s->querying) {
+            return;
+        }
+        if (s->scan < s->run_end) {
+            r = free_req(s);
+            if (!r) {
+                return; /* queue full: a completion re-enters */
+            }
+            delay = blockjob_ratelimit_delay(&s->common);
+            if (delay) {
+                job_sleep_ns(job, delay);
+                return;
+            }
+            /* Chunks end on chunk boundaries so they stay aligned. */
+            end = (s->scan / s->chunk + 1) * s->chunk;
+            if (end > s->run_end) {
+                end = s->run_end;
+            }
+            r->off = s->scan;
+            r->bytes = end - s->scan;
+            s->scan = end;
+            blockjob_ratelimit_account(&s->common, r->bytes);
+            issue_req(r);
+            continue;
+        }
+        if (s->scan >= s->len) {
+            if (job->in_flight == 0 && all_free(s)) {
+                job_completed(job, s->first_err);
+            }
+            return;
+        }
+        issue_query(s);
+    }
+}
+
+static void prepare_done(void *opaque, int ret)
+{
+    struct stream_job *s = opaque;
+    job_done_fn *cb = s->prepare_cb;
+
+    s->prepare_cb = NULL;
+    cb(&s->common.job, ret);
+}
+
+/* Success: the top's backing skips the streamed part (header first, then
+ * the graph; bdev_change_backing flushes every copied byte before). */
+static void stream_prepare(struct job *job, job_done_fn *done)
+{
+    struct stream_job *s = to_stream(job);
+    const char *file = NULL, *fmt = NULL;
+    int ret;
+
+    if (!bdev_backing(s->top)) {
+        done(job, 0);
+        return;
+    }
+    if (s->base) {
+        file = s->backing_file ? s->backing_file : bdev_filename(s->base);
+        fmt = bdev_driver_name(s->base);
+    }
+    s->prepare_cb = done;
+    ret = bdev_change_backing(s->top, s->base, file, fmt, prepare_done, s);
+    if (ret < 0) {
+        s->prepare_cb = NULL;
+        done(job, ret);
+    }
+}
+
+static void release_nodes(struct stream_job *s)
+{
+    for (size_t i = 0; i < s->n_claimed; i++) {
+        bdev_release(s->claimed[i]);
+    }
+    if (s->reopened_rw) {
+        bdev_reopen(s->top, false, NULL);
+        s->reopened_rw = false;
+    }
+}
+
+static void stream_clean(struct job *job)
+{
+    struct stream_job *s = to_stream(job);
+
+    release_nodes(s);
+    s->n_claimed_released = true;
+}
+
+static void stream_free(struct job *job)
+{
+    struct stream_job *s = to_stream(job);
+
+    if (!s->n_claimed_released) {
+        release_nodes(s);
+    }
+    for (size_t i = 0; i < s->n_claimed; i++) {
+        bdev_unref(s->claimed[i]);
+    }
+    if (s->base) {
+        bdev_unref(s->base);
+    }
+    free(s->claimed);
+    bdev_buf_free(s->bufs);
+    free(s->reqs);
+    free(s->backing_file);
+    free(s->backing_fmt);
+}
+
+static const struct job_driver stream_driver = {
+    .instance_size = sizeof(struct stream_job),
+    .type = JOB_TYPE_STREAM,
+    .is_block_job = true,
+    .run = stream_run,
+    .user_resume = blockjob_user_resume,
+    .prepare = stream_prepare,
+    .clean = stream_clean,
+    .finished = blockjob_event_finished,
+    .pending = blockjob_event_pending,
+    .free = stream_free,
+};
+
+struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
+{
+    struct stream_job *s;
+    struct job *job;
+    struct bdev *n, *bottom = NULL;
+    size_t n_nodes = 0;
+    uint32_t cluster;
+    bool reopened = false;
+
+    /* Every node from the top down to (not including) the base is ours. */
+    for (n = p->top; n && n != p->base; n = bdev_backing(n)) {
+        if (bdev_claimed_by(n)) {
+            bdev_claim(n, "stream", err); /* fails with QEMU's text */
+            return NULL;
+        }
+        bottom = n;
+        n_nodes++;
+    }
+    if (bdev_is_read_only(p->top)) {
+        if (bdev_reopen(p->top, true, err) < 0) {
+            return NULL;
+        }
+        reopened = true;
+    }
+    job = job_create(&stream_driver, p->job_id, bdev_loop(), p->auto_finalize,
+                     p->auto_dismiss, err);
+    if (!job) {
+        goto fail_reopen;
+    }
+    s = to_stream(job);
+    s->common.on_error = p->on_error;
+    ratelimit_init(&s->common.rl);
+    if (blockjob_set_speed(&s->common, p->speed, err) < 0) {
+        job_early_fail(job);
+        goto fail_reopen;
+    }
+    s->reopened_rw = reopened;
+    s->top = p->top;
+    s->base = p->base;
+    if (s->base) {
+        bdev_ref(s->base);
+    }
+    /* Nothing to copy when the base is the top's direct backing. */
+    s->bottom = bottom == p->top ? NULL : bottom;
+    if (p->backing_file && !(s->backing_file = strdup(p->backing_file))) {
+        abort();
+    }
+    s->claimed = calloc(n_nodes ? n_nodes : 1, sizeof(*s->claimed));
+    if (!s->claimed) {
+        abort();
+    }
+    for (n = p->top; n && n != p->base; n = bdev_backing(n)) {
+        bdev_claim(n, "stream", NULL);
+        bdev_ref(n);
+        s->claimed[s->n_claimed++] = n;
+    }
+    cluster = bdev_cluster_size(p->top);
+    s->chunk = cluster > STREAM_CHUNK ? cluster : STREAM_CHUNK;
+    s->depth = p->queue_depth ? p->queue_depth : STREAM_QUEUE_DEPTH;
+    if (s->bottom) {
+        int64_t len = bdev_length(p->top);
+
+        s->len = len > 0 ? (uint64_t)len : 0;
+        job_progress_set_total(job, s->len);
+        s->reqs = calloc(s->depth, sizeof(*s->reqs));
+        s->bufs = bdev_buf_alloc(s->chunk * s->depth);
+        if (!s->reqs || !s->bufs) {
+            /* Too big for memory: fail like an I/O error would. */
+            s->failing = true;
+            s->first_err = -ENOMEM;
+            s->depth = 0;
+        }
+        for (unsigned i = 0; i < s->depth; i++) {
+            s->reqs[i].s = s;
+            s->reqs[i].buf = (char *)s->bufs + (size_t)i * s->chunk;
+        }
+    } else {
+        s->scan = s->len = 0; /* QEMU reports len 0 for a no-op stream */
+        s->depth = 0;
+    }
+    job_start(job);
+    return job;
+
+fail_reopen:
+    if (reopened) {
+        bdev_reopen(p->top, false, NULL);
+    }
+    return NULL;
+}
+
+/* ---- QMP ------------------------------------------------------------- */
+
+static const char stream_schema[] =
+    "[{'command': 'block-stream', 'data': {'*job-id': 'str',"
+    " 'device': 'str', '*base': 'str', '*base-node': 'str',"
+    " '*backing-file': 'str', '*bottom': 'str', '*speed': 'int',"
+    " '*on-error': 'BlockdevOnError', '*filter-node-name': 'str',"
+    " '*auto-finalize': 'bool', '*auto-dismiss': 'bool'}}]";
+
+static const char *arg_str(json_t *args, const char *key)
+{
+    return json_string_value(json_object_get(args, key));
+}
+
+static bool arg_bool(json_t *args, const char *key, bool dflt)
+{
+    json_t *v = json_object_get(args, key);
+
+    return v ? json_is_true(v) : dflt;
+}
+
+static bool chain_contains(struct bdev *top, struct bdev *n)
+{
+    for (struct bdev *i = top; i; i = bdev_backing(i)) {
+        if (i == n) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+
+    if (!strcmp(a, b)) {
+        return true;
+    }
+    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
+}
+
+static bool node_name_ok(const char *name)
+{
+    return job_id_wellformed(name) && strlen(name) <= 31;
+}
+
+static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
+                                struct qmp_error *err)
+{
+    const char *device = arg_str(args, "device");
+    const char *base = arg_str(args, "base");
+    const char *base_node = arg_str(args, "base-node");
+    const char *bottom = arg_str(args, "bottom");
+    const char *backing_file = arg_str(args, "backing-file");
+    const char *filter = arg_str(args, "filter-node-name");
+    const char *on_error = arg_str(args, "on-error");
+    struct stream_params p = {0};
+    struct bdev *top, *base_bs = NULL, *bottom_bs = NULL;
+
+    (void)sess;
+    if (base && base_node) {
+        qmp_error_setg(err, "'base' and 'base-node' cannot be specified at the "
+                            "same time");
+        return NULL;
+    }
+    if (base && bottom) {
+        qmp_error_setg(err, "'base' and 'bottom' cannot be specified at the "
+                            "same time");
+        return NULL;
+    }
+    if (bottom && base_node) {
+        qmp_error_setg(err, "'bottom' and 'base-node' cannot be specified at "
+                            "the same time");
+        return NULL;
+    }
+    top = bdev_find(device);
+    if (!top) {
+        qmp_error_setg(err, "Cannot find device='%s' nor node-name='%s'",
+                       device, device);
+        return NULL;
+    }
+    if (base) {
+        for (struct bdev *i = bdev_backing(top); i; i = bdev_backing(i)) {
+            if (same_file(base, bdev_filename(i))) {
+                base_bs = i;
+                break;
+            }
+        }
+        if (!base_bs) {
+            qmp_error_setg(err, "Can't find '%s' in the backing chain", base);
+            return NULL;
+        }
+    }
+    if (base_node) {
+        base_bs = bdev_find(base_node);
+        if (!base_bs) {
+            qmp_error_setg(err, "Cannot find device='' nor node-name='%s'",
+                           base_node);
+            return NULL;
+        }
+        if (base_bs == top || !chain_contains(top, base_bs)) {
+            qmp_error_setg(err, "Node '%s' is not a backing image of '%s'",
+                           base_node, device);
+            return NULL;
+        }
+    }
+    if (bottom) {
+        bottom_bs = bdev_find(bottom);
+        if (!bottom_bs) {
+            qmp_error_setg(err, "Cannot find device='' nor node-name='%s'",
+                           bottom);
+            return NULL;
+        }
+        if (!chain_contains(top, bottom_bs)) {
+            qmp_error_setg(err,
+                           "Node '%s' is not in a chain starting from '%s'",
+                           bottom, device);
+            return NULL;
+        }
+    }
+    /* Busy nodes: the top down to the lowest node the job would touch. */
+    {
+        struct bdev *end = bottom_bs ? bdev_backing(bottom_bs) : base_bs;
+
+        for (struct bdev *i = top; i && i != end; i = bdev_backing(i)) {
+            if (bdev_claimed_by(i)) {
+                bdev_claim(i, "stream", err);
+                return NULL;
+            }
+        }
+    }
+    if (!base_bs && backing_file) {
+        qmp_error_setg(
+            err, "backing file specified, but streaming the entire chain");
+        return NULL;
+    }
+    if (filter && !node_name_ok(filter)) {
+        qmp_error_setg(err, "Could not create node: Invalid node-name: '%s'",
+                       filter);
+        return NULL;
+    }
+    if (filter && bdev_find(filter)) {
+        qmp_error_setg(err,
+                       "Could not create node: Duplicate nodes with "
+                       "node-name='%s'",
+                       filter);
+        return NULL;
+    }
+    p.job_id = arg_str(args, "job-id");
+    if (!p.job_id) {
+        p.job_id = ""; /* no BlockBackend name: QEMU says Invalid job ID '' */
+    }
+    p.top = top;
+    p.base = bottom_bs ? bdev_backing(bottom_bs) : base_bs;
+    p.backing_file = backing_file;
+    p.speed = json_integer_value(json_object_get(args, "speed"));
+    p.on_error =
+        on_error ? blockjob_on_error_parse(on_error) : BLOCKJOB_ON_ERROR_REPORT;
+    p.auto_finalize = arg_bool(args, "auto-finalize", true);
+    p.auto_dismiss = arg_bool(args, "auto-dismiss", true);
+    if (!stream_start(&p, err)) {
+        return NULL;
+    }
+    return json_object();
+}
+
+void stream_qmp_init(void)
+{
+    qmp_schema_add(stream_schema);
+    qmp_command_register("block-stream", qmp_block_stream);
+}

@@ -1,0 +1,36 @@
+/* block-stream: copies what a part of the backing chain holds into the top
+ * node, then makes the top's backing skip that part. */
+#ifndef JOBS_STREAM_H
+#define JOBS_STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backends/bdev.h"
+#include "jobs/blockjob.h"
+
+/* Copy granularity: progress moves in steps of at most this many bytes
+ * (QEMU's STREAM_CHUNK, so offsets after an error match qsd's), or the
+ * top's cluster size when that is larger. */
+#define STREAM_CHUNK (512 * 1024)
+/* Copy requests in flight per job (see the report for the measurement). */
+#define STREAM_QUEUE_DEPTH 16
+
+struct stream_params {
+    const char *job_id;
+    struct bdev *top;
+    struct bdev *base;        /* new backing after success; NULL: none */
+    const char *backing_file; /* header string; NULL: base's filename */
+    int64_t speed;
+    enum blockjob_on_error on_error;
+    bool auto_finalize;
+    bool auto_dismiss;
+    unsigned queue_depth; /* 0: STREAM_QUEUE_DEPTH */
+};
+
+/* Checks, claims and starts a stream job (events `created`, `running`).
+ * `base` must be below `top` in its chain (or NULL). Returns the job, or
+ * NULL with err set (QEMU's texts) and nothing changed. */
+struct job *stream_start(const struct stream_params *p, struct qmp_error *err);
+
+#endif
