@@ -116,6 +116,12 @@ struct q2_script {
     void *opaque;
 };
 
+/* Host byte ranges whose refcount drops by one per cluster. */
+struct q2_free {
+    struct q2_free *next;
+    uint64_t off, len;
+};
+
 struct q2 {
     struct bdev *bs;
     struct qcow2_meta m;
@@ -144,6 +150,9 @@ struct q2 {
     uint64_t seq;
     uint8_t *zero_buf;
     int submit_depth;
+    /* Frees wait until no on-disk table points at the clusters: those in
+     * free_after_wb until the next writeback, then free_now. */
+    struct q2_free *free_after_wb, *free_now;
 };
 
 static void req_step(struct q2_req *r);
@@ -500,6 +509,7 @@ static int script_table_window(struct q2 *s, struct q2_script *sc,
 
 struct q2_wb {
     struct q2_script sc;
+    struct q2_free *frees;
     struct q2_centry **ents;
     uint64_t *seqs;
     unsigned nents;
@@ -526,8 +536,62 @@ static void l1_mark_dirty(struct q2 *s, uint64_t idx)
     }
 }
 
+static void free_list_splice(struct q2_free **dst, struct q2_free *src)
+{
+    while (src) {
+        struct q2_free *next = src->next;
+
+        src->next = *dst;
+        *dst = src;
+        src = next;
+    }
+}
+
+static void free_list_drop(struct q2_free *f)
+{
+    while (f) {
+        struct q2_free *next = f->next;
+
+        free(f);
+        f = next;
+    }
+}
+
+/* Queues a free of the host clusters behind an L2 entry being replaced. */
+static void free_later(struct q2 *s, uint64_t entry, bool now)
+{
+    struct q2_free *f;
+    uint64_t off, len;
+
+    switch (qcow2_l2_type(entry, s->m.h.version)) {
+    case QCOW2_CL_COMPRESSED:
+        qcow2_compressed_range(entry, s->cb, &off, &len);
+        break;
+    case QCOW2_CL_NORMAL:
+    case QCOW2_CL_ZERO_ALLOC:
+        off = entry & QCOW2_OFFSET_MASK;
+        len = s->cs;
+        break;
+    default:
+        return;
+    }
+    f = calloc(1, sizeof(*f));
+    if (!f) {
+        return; /* a leak, harmless */
+    }
+    f->off = off;
+    f->len = len;
+    f->next = now ? s->free_now : s->free_after_wb;
+    if (now) {
+        s->free_now = f;
+    } else {
+        s->free_after_wb = f;
+    }
+}
+
 static void wb_free(struct q2_wb *wb)
 {
+    free_list_drop(wb->frees);
     script_release(&wb->sc);
     free(wb->ents);
     free(wb->seqs);
@@ -596,6 +660,8 @@ static struct q2_wb *wb_build(struct q2 *s, int *err)
     if (ret) {
         goto fail;
     }
+    wb->frees = s->free_after_wb;
+    s->free_after_wb = NULL;
     if (wb->sc.n == 0) {
         wb_free(wb);
         return NULL;
@@ -629,6 +695,8 @@ static void wb_finish(struct q2 *s, struct q2_wb *wb, int ret)
         l1_mark_dirty(s, wb->l1_lo);
         l1_mark_dirty(s, wb->l1_hi - 1);
     }
+    free_list_splice(ret ? &s->free_after_wb : &s->free_now, wb->frees);
+    wb->frees = NULL;
 }
 
 static void wb_done(struct q2_script *sc, int ret)
@@ -702,6 +770,14 @@ static void meta_op_done(struct q2_script *sc, int ret)
 
     if (!ret) {
         if (mo->new_rt) {
+            struct q2_free *f = calloc(1, sizeof(*f));
+
+            if (f) { /* the old table: nothing points at it any more */
+                f->off = s->m.h.refcount_table_offset;
+                f->len = (uint64_t)s->m.h.refcount_table_clusters << s->cb;
+                f->next = s->free_now;
+                s->free_now = f;
+            }
             free(s->rt);
             s->rt = mo->new_rt;
             mo->new_rt = NULL;
@@ -909,6 +985,84 @@ static int refblock_for(struct q2 *s, uint64_t c, struct q2_centry **pe,
     return cache_get(s, &s->rbc, s->rt[rti] & QCOW2_RT_OFFSET_MASK, pe, w);
 }
 
+/* Applies queued frees, one cluster at a time (refcount blocks may need
+ * loading). */
+/* Synchronous refcount block lookup for close. */
+static int refblock_sync(struct q2 *s, uint64_t c, struct q2_centry **pe)
+{
+    uint64_t rti = c >> s->rb_bits, off;
+    struct q2_centry *e;
+    int ret;
+
+    *pe = NULL;
+    if (rti >= s->rt_size || !(s->rt[rti] & QCOW2_RT_OFFSET_MASK)) {
+        return 0;
+    }
+    off = s->rt[rti] & QCOW2_RT_OFFSET_MASK;
+    e = cache_find(&s->rbc, off);
+    if (e) {
+        if (e->state != CE_READY) {
+            return -EBUSY;
+        }
+        *pe = e;
+        return 0;
+    }
+    if ((off & (s->cs - 1)) || !host_range_ok(s, off, s->cs)) {
+        return -EIO;
+    }
+    e = cache_victim(&s->rbc);
+    if (!e) {
+        return -EBUSY;
+    }
+    ret = bdev_child_pread_sync(s->bs->file, off, s->cs, e->buf);
+    if (ret) {
+        return ret;
+    }
+    e->offset = off;
+    e->state = CE_READY;
+    e->dirty = false;
+    e->lru = ++s->rbc.clock;
+    *pe = e;
+    return 0;
+}
+
+static int process_frees(struct q2 *s, struct q2_waiter *w)
+{
+    unsigned order = s->m.h.refcount_order;
+
+    while (s->free_now) {
+        struct q2_free *f = s->free_now;
+        uint64_t c = f->off >> s->cb;
+        struct q2_centry *e;
+        int ret = w ? refblock_for(s, c, &e, w) : refblock_sync(s, c, &e);
+
+        if (ret == -EAGAIN || (!w && ret)) {
+            return ret;
+        }
+        if (!ret && e) {
+            uint64_t i = c & ((1ull << s->rb_bits) - 1);
+            uint64_t rc = qcow2_refcount_get(e->buf, i, order);
+
+            if (rc) {
+                qcow2_refcount_set(e->buf, i, order, rc - 1);
+                cache_mark_dirty(s, &s->rbc, e);
+                if (rc == 1 && c < s->free_idx) {
+                    s->free_idx = c;
+                }
+            }
+        }
+        /* Next cluster of the range, or the next range. */
+        if (((c + 1) << s->cb) < f->off + f->len) {
+            f->len -= ((c + 1) << s->cb) - f->off;
+            f->off = (c + 1) << s->cb;
+        } else {
+            s->free_now = f->next;
+            free(f);
+        }
+    }
+    return 0;
+}
+
 /* Allocates n contiguous free clusters and sets their refcount to 1 in the
  * cache. 0 with *host, -EAGAIN (w queued) or -errno. */
 static int alloc_clusters(struct q2 *s, uint64_t n, uint64_t *host,
@@ -929,6 +1083,11 @@ static int alloc_clusters(struct q2 *s, uint64_t n, uint64_t *host,
         q2_wait(s, w);
         return -EAGAIN;
     }
+    ret = process_frees(s, w);
+    if (ret) {
+        return ret;
+    }
+    idx = s->free_idx;
     while (run < n) {
         uint64_t c = idx + run;
 
@@ -1320,7 +1479,13 @@ static void alloc_link(struct q2_alloc *a)
         return;
     }
     for (uint64_t i = 0; i < a->n; i++) {
-        l2_set(s, e, a->gc + i, (a->host + (i << s->cb)) | QCOW2_OFLAG_COPIED);
+        uint64_t old = l2_get(s, e, a->gc + i);
+        uint64_t nv = (a->host + (i << s->cb)) | QCOW2_OFLAG_COPIED;
+
+        if ((old & QCOW2_OFFSET_MASK) != (nv & QCOW2_OFFSET_MASK)) {
+            free_later(s, old, false);
+        }
+        l2_set(s, e, a->gc + i, nv);
     }
     cache_mark_dirty(s, &s->l2c, e);
     alloc_end(a, 0);
@@ -1626,6 +1791,9 @@ static int64_t zero_clusters(struct q2_req *r, uint64_t off, uint64_t len)
         default:
             nv = QCOW2_OFLAG_ZERO;
             break;
+        }
+        if (!(nv & QCOW2_OFFSET_MASK)) {
+            free_later(s, old, false);
         }
         l2_set(s, e, gc + i, nv);
     }
@@ -2041,6 +2209,9 @@ static int write_header_sector_sync(struct q2 *s)
 
 static void q2_free(struct q2 *s)
 {
+    free_list_drop(s->free_now);
+    free_list_drop(s->free_after_wb);
+    s->free_now = s->free_after_wb = NULL;
     cache_free(&s->l2c);
     cache_free(&s->rbc);
     free(s->l1);
@@ -2286,7 +2457,13 @@ static void qcow2_close(struct bdev *bs)
         return;
     }
     if (!bs->read_only) {
-        if (wb_sync(s) == 0) {
+        int ret = wb_sync(s);
+
+        /* Frees made safe by that writeback go out too, else they leak. */
+        if (!ret && s->free_now && process_frees(s, NULL) == 0) {
+            ret = wb_sync(s);
+        }
+        if (!ret) {
             bdev_child_flush_sync(bs->file);
         }
     }

@@ -1,0 +1,710 @@
+/* qcow2 driver against real images: made by qemu-img / qemu-io, read and
+ * written through the block layer on a libuv loop, then checked with
+ * qemu-img check and qemu-io. Skips when qemu-img is not installed. Images
+ * live in a temporary directory under /var/tmp (ext4, so O_DIRECT works)
+ * that is removed at the end. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "backends/bdev.h"
+#include "backends/bdev_int.h"
+#include "backends/qcow2.h"
+
+static uv_loop_t loop;
+static char dir[256];
+static int node_seq;
+
+__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    int st;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    st = system(cmd);
+    return st == -1 ? -1 : WEXITSTATUS(st);
+}
+
+static const char *path(const char *name)
+{
+    static char buf[16][512];
+    static int i;
+
+    i = (i + 1) % 16;
+    snprintf(buf[i], sizeof(buf[i]), "%s/%s", dir, name);
+    return buf[i];
+}
+
+struct done {
+    bool done;
+    int ret;
+    unsigned status;
+    uint64_t pnum;
+};
+
+static void io_cb(void *opaque, int ret)
+{
+    struct done *d = opaque;
+
+    d->done = true;
+    d->ret = ret;
+}
+
+static void st_cb(void *opaque, int ret, unsigned status, uint64_t pnum)
+{
+    struct done *d = opaque;
+
+    d->done = true;
+    d->ret = ret;
+    d->status = status;
+    d->pnum = pnum;
+}
+
+static int wait_done(struct done *d)
+{
+    while (!d->done) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    return d->ret;
+}
+
+static int do_read(struct bdev *bs, uint64_t off, uint64_t len, void *buf)
+{
+    struct done d = {0};
+    int ret = bdev_read(bs, off, len, buf, io_cb, &d);
+
+    return ret ? ret : wait_done(&d);
+}
+
+static int do_write(struct bdev *bs, uint64_t off, uint64_t len,
+                    const void *buf)
+{
+    struct done d = {0};
+    int ret = bdev_write(bs, off, len, buf, io_cb, &d);
+
+    return ret ? ret : wait_done(&d);
+}
+
+static int do_zero(struct bdev *bs, uint64_t off, uint64_t len)
+{
+    struct done d = {0};
+    int ret = bdev_write_zeroes(bs, off, len, io_cb, &d);
+
+    return ret ? ret : wait_done(&d);
+}
+
+static int do_flush(struct bdev *bs)
+{
+    struct done d = {0};
+    int ret = bdev_flush(bs, io_cb, &d);
+
+    return ret ? ret : wait_done(&d);
+}
+
+static struct bdev *open_img_err(const char *name, bool ro, bool direct,
+                                 const char *extra, struct qmp_error *err)
+{
+    char js[2048];
+    json_t *opts;
+    json_error_t jerr;
+    struct bdev *bs;
+
+    snprintf(js, sizeof(js),
+             "{\"driver\": \"qcow2\", \"node-name\": \"n%d\", "
+             "\"read-only\": %s, \"cache\": {\"direct\": %s}, "
+             "\"file\": {\"driver\": \"file\", \"filename\": \"%s\"}%s%s}",
+             ++node_seq, ro ? "true" : "false", direct ? "true" : "false",
+             path(name), extra ? ", " : "", extra ? extra : "");
+    opts = json_loads(js, 0, &jerr);
+    assert_non_null(opts);
+    bs = bdev_open_node(opts, true, err);
+    json_decref(opts);
+    return bs;
+}
+
+static struct bdev *open_img(const char *name, bool ro, bool direct)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct bdev *bs = open_img_err(name, ro, direct, NULL, &err);
+
+    if (!bs) {
+        fail_msg("open %s: %s", name, err.desc);
+    }
+    return bs;
+}
+
+static void close_img(struct bdev *bs)
+{
+    bdev_unref(bs);
+}
+
+/* Reads [off, off+len) and checks every byte is `pat`. */
+static void expect_pattern(struct bdev *bs, uint64_t off, uint64_t len,
+                           uint8_t pat)
+{
+    uint8_t *buf = bdev_buf_alloc(len);
+
+    memset(buf, 0x5a ^ pat, len);
+    assert_int_equal(do_read(bs, off, len, buf), 0);
+    for (uint64_t i = 0; i < len; i++) {
+        if (buf[i] != pat) {
+            bdev_buf_free(buf);
+            fail_msg("byte at %llu is 0x%02x, expected 0x%02x",
+                     (unsigned long long)(off + i), buf[i], pat);
+        }
+    }
+    bdev_buf_free(buf);
+}
+
+static void write_pattern(struct bdev *bs, uint64_t off, uint64_t len,
+                          uint8_t pat)
+{
+    uint8_t *buf = bdev_buf_alloc(len);
+
+    memset(buf, pat, len);
+    assert_int_equal(do_write(bs, off, len, buf), 0);
+    bdev_buf_free(buf);
+}
+
+/* qemu-img check: 0 = clean. Leaks are reported with exit code 3. */
+static int img_check(const char *name)
+{
+    return sh("qemu-img check -q '%s' >/dev/null 2>&1", path(name));
+}
+
+static int qemu_io_read(const char *name, uint64_t off, uint64_t len,
+                        unsigned pat)
+{
+    return sh("qemu-io -r -f qcow2 -c 'read -q -P 0x%02x %llu %llu' '%s' "
+              "2>&1 | grep -q -i -e fail -e error -e mismatch && exit 1 || "
+              "exit 0",
+              pat, (unsigned long long)off, (unsigned long long)len,
+              path(name));
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (sh("command -v qemu-img >/dev/null && command -v qemu-io "
+           ">/dev/null") != 0) {
+        return 0; /* tests skip one by one */
+    }
+    snprintf(dir, sizeof(dir), "/var/tmp/test_qcow2_io.XXXXXX");
+    if (!mkdtemp(dir)) {
+        snprintf(dir, sizeof(dir), "/tmp/test_qcow2_io.XXXXXX");
+        if (!mkdtemp(dir)) {
+            return -1;
+        }
+    }
+    uv_loop_init(&loop);
+    return bdev_init(&loop);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (dir[0]) {
+        bdev_close_all();
+        if (!getenv("KEEP")) {
+            sh("rm -rf '%s'", dir);
+        }
+    }
+    return 0;
+}
+
+#define NEED_QEMU()                                                            \
+    do {                                                                       \
+        if (!dir[0]) {                                                         \
+            skip();                                                            \
+        }                                                                      \
+    } while (0)
+
+/* ---- reading images made by qemu --------------------------------------- */
+
+static void check_read_patterns(const char *compat, bool direct)
+{
+    struct bdev *bs;
+
+    assert_int_equal(sh("qemu-img create -q -f qcow2 -o compat=%s '%s' 4M",
+                        compat, path("r.qcow2")),
+                     0);
+    assert_int_equal(sh("qemu-io -f qcow2 -c 'write -q -P 0xab 0 64k' "
+                        "-c 'write -q -P 0xcd 1000k 200k' "
+                        "-c 'write -q -P 0x11 3M 4k' '%s'",
+                        path("r.qcow2")),
+                     0);
+    bs = open_img("r.qcow2", true, direct);
+    assert_int_equal(bdev_length(bs), 4 << 20);
+    expect_pattern(bs, 0, 64 << 10, 0xab);
+    expect_pattern(bs, 64 << 10, 1000 * 1024 - (64 << 10), 0);
+    expect_pattern(bs, 1000 << 10, 200 << 10, 0xcd);
+    expect_pattern(bs, 1200 << 10, (3 << 20) - (1200 << 10), 0);
+    expect_pattern(bs, 3 << 20, 4096, 0x11);
+    expect_pattern(bs, (3 << 20) + 4096, (1 << 20) - 4096, 0);
+    /* One read spanning data and holes. */
+    {
+        uint8_t *buf = bdev_buf_alloc(4 << 20);
+
+        assert_int_equal(do_read(bs, 0, 4 << 20, buf), 0);
+        assert_int_equal(buf[0], 0xab);
+        assert_int_equal(buf[(64 << 10) - 1], 0xab);
+        assert_int_equal(buf[64 << 10], 0);
+        assert_int_equal(buf[1000 << 10], 0xcd);
+        assert_int_equal(buf[(1200 << 10) - 1], 0xcd);
+        assert_int_equal(buf[1200 << 10], 0);
+        bdev_buf_free(buf);
+    }
+    close_img(bs);
+}
+
+static void test_read_v3(void **state)
+{
+    (void)state;
+    NEED_QEMU();
+    check_read_patterns("1.1", false);
+    check_read_patterns("1.1", true);
+}
+
+static void test_read_v2(void **state)
+{
+    (void)state;
+    NEED_QEMU();
+    check_read_patterns("0.10", false);
+}
+
+static void test_chain(void **state)
+{
+    struct bdev *bs;
+    struct done d = {0};
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(
+        sh("qemu-img create -q -f qcow2 '%s' 2M && "
+           "qemu-io -f qcow2 -c 'write -q -P 0x11 0 1M' '%s' && "
+           "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 "
+           "-F qcow2 '%s' && "
+           "qemu-io -f qcow2 -c 'write -q -P 0x22 512k 512k' '%s' && "
+           "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 '%s' 3M "
+           "&& qemu-io -f qcow2 -c 'write -q -P 0x33 768k 64k' "
+           "-c 'write -q -z 0 64k' '%s'",
+           path("base.qcow2"), path("base.qcow2"), path("mid.qcow2"),
+           path("mid.qcow2"), path("top.qcow2"), path("top.qcow2")),
+        0);
+    bs = open_img("top.qcow2", true, true);
+    assert_non_null(bdev_backing(bs));
+    assert_non_null(bdev_backing(bdev_backing(bs)));
+    expect_pattern(bs, 0, 64 << 10, 0); /* zero cluster in top */
+    expect_pattern(bs, 64 << 10, 448 << 10, 0x11);
+    expect_pattern(bs, 512 << 10, 256 << 10, 0x22);
+    expect_pattern(bs, 768 << 10, 64 << 10, 0x33);
+    expect_pattern(bs, 832 << 10, 192 << 10, 0x22);
+    expect_pattern(bs, 1 << 20, 2 << 20, 0); /* past the 2M backing too */
+
+    /* Per-layer status: zero cluster, then unallocated. */
+    assert_int_equal(bdev_block_status(bs, 0, 1 << 20, st_cb, &d), 0);
+    assert_false(d.done); /* never inside the call */
+    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(d.status, BDEV_STATUS_ALLOCATED | BDEV_STATUS_ZERO);
+    assert_int_equal(d.pnum, 64 << 10);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(bdev_block_status(bs, 64 << 10, 3 << 20, st_cb, &d), 0);
+    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(d.status, 0);
+    assert_int_equal(d.pnum, (768 - 64) << 10);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(
+        bdev_is_allocated_above(bs, NULL, 64 << 10, 1 << 20, st_cb, &d), 0);
+    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(d.status, BDEV_STATUS_ALLOCATED);
+    close_img(bs);
+
+    /* backing: null hides the chain. */
+    {
+        struct qmp_error err = QMP_ERROR_INIT;
+
+        bs = open_img_err("top.qcow2", true, false, "\"backing\": null", &err);
+        assert_non_null(bs);
+        assert_null(bdev_backing(bs));
+        expect_pattern(bs, 64 << 10, 64 << 10, 0);
+        close_img(bs);
+    }
+}
+
+static void test_compressed(void **state)
+{
+    struct bdev *bs;
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(sh("qemu-img create -q -f raw '%s' 1M && "
+                        "qemu-io -f raw -c 'write -q -P 0x77 0 300k' "
+                        "-c 'write -q -P 0x88 512k 100k' '%s' && "
+                        "qemu-img convert -c -O qcow2 '%s' '%s'",
+                        path("c.raw"), path("c.raw"), path("c.raw"),
+                        path("c.qcow2")),
+                     0);
+    bs = open_img("c.qcow2", false, true);
+    expect_pattern(bs, 0, 300 << 10, 0x77);
+    expect_pattern(bs, 300 << 10, 212 << 10, 0);
+    expect_pattern(bs, 512 << 10, 100 << 10, 0x88);
+    /* Writing into a compressed cluster copies it first. */
+    write_pattern(bs, 8192, 4096, 0x99);
+    expect_pattern(bs, 0, 8192, 0x77);
+    expect_pattern(bs, 8192, 4096, 0x99);
+    expect_pattern(bs, 12288, (300 << 10) - 12288, 0x77);
+    assert_int_equal(do_flush(bs), 0);
+    close_img(bs);
+    assert_int_equal(qemu_io_read("c.qcow2", 8192, 4096, 0x99), 0);
+    assert_int_equal(qemu_io_read("c.qcow2", 12288, 53248, 0x77), 0);
+    /* The replaced compressed cluster was freed: no leak. */
+    assert_int_equal(img_check("c.qcow2"), 0);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+struct many {
+    int left;
+    int err;
+};
+
+static void many_cb(void *opaque, int ret)
+{
+    struct many *m = opaque;
+
+    m->left--;
+    if (ret && !m->err) {
+        m->err = ret;
+    }
+}
+
+static void test_write_and_check(void **state)
+{
+    struct bdev *bs;
+    struct many m = {0};
+    uint8_t *bufs[64];
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 64M && "
+                        "qemu-io -f qcow2 -c 'write -q -P 0x44 0 2M' '%s' && "
+                        "qemu-img create -q -f qcow2 -b wbase.qcow2 -F qcow2 "
+                        "'%s'",
+                        path("wbase.qcow2"), path("wbase.qcow2"),
+                        path("w.qcow2")),
+                     0);
+    bs = open_img("w.qcow2", false, true);
+    /* Whole clusters, a partial write on top of the backing (COW head and
+     * tail), a write crossing cluster and L2 boundaries. */
+    write_pattern(bs, 0, 64 << 10, 0x01);
+    write_pattern(bs, (128 << 10) + 4096, 4096, 0x02);
+    write_pattern(bs, (32 << 20) - 8192, 16384, 0x03);
+    /* 64 concurrent 256 KiB writes into fresh clusters at 40M+, and 64
+     * concurrent 4 KiB writes into the same two clusters (serialised
+     * allocation). */
+    for (int i = 0; i < 64; i++) {
+        bufs[i] = bdev_buf_alloc(256 << 10);
+        memset(bufs[i], 0x40 + (i % 16), 256 << 10);
+        m.left++;
+        assert_int_equal(bdev_write(bs,
+                                    (40ull << 20) + (uint64_t)i * (256 << 10),
+                                    256 << 10, bufs[i], many_cb, &m),
+                         0);
+    }
+    while (m.left) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    assert_int_equal(m.err, 0);
+    for (int i = 0; i < 64; i++) {
+        m.left++;
+        assert_int_equal(bdev_write(bs, (10ull << 20) + (uint64_t)i * 2048,
+                                    2048, bufs[i], many_cb, &m),
+                         0);
+    }
+    while (m.left) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    assert_int_equal(m.err, 0);
+    for (int i = 0; i < 64; i++) {
+        bdev_buf_free(bufs[i]);
+    }
+    expect_pattern(bs, 0, 64 << 10, 0x01);
+    expect_pattern(bs, 64 << 10, 64 << 10, 0x44);
+    expect_pattern(bs, 128 << 10, 4096, 0x44);
+    expect_pattern(bs, (128 << 10) + 4096, 4096, 0x02);
+    expect_pattern(bs, (128 << 10) + 8192, (2 << 20) - (136 << 10), 0x44);
+    expect_pattern(bs, (32 << 20) - 8192, 16384, 0x03);
+    for (int i = 0; i < 64; i++) {
+        expect_pattern(bs, (40ull << 20) + (uint64_t)i * (256 << 10), 256 << 10,
+                       (uint8_t)(0x40 + (i % 16)));
+        expect_pattern(bs, (10ull << 20) + (uint64_t)i * 2048, 2048,
+                       (uint8_t)(0x40 + (i % 16)));
+    }
+    /* Zeroes: whole clusters become zero clusters, partial ones written. */
+    assert_int_equal(do_zero(bs, 0, 64 << 10), 0);
+    assert_int_equal(do_zero(bs, 256 << 10, 128 << 10), 0); /* over backing */
+    assert_int_equal(do_zero(bs, (40ull << 20) + 512, 1024), 0);
+    expect_pattern(bs, 0, 64 << 10, 0);
+    expect_pattern(bs, 256 << 10, 128 << 10, 0);
+    expect_pattern(bs, 384 << 10, 64 << 10, 0x44);
+    expect_pattern(bs, (40ull << 20) + 512, 1024, 0);
+    expect_pattern(bs, (40ull << 20) + 1536, 1024, 0x40);
+    /* Write after zero reuses the preallocated cluster. */
+    write_pattern(bs, 4096, 4096, 0x05);
+    expect_pattern(bs, 0, 4096, 0);
+    expect_pattern(bs, 4096, 4096, 0x05);
+    expect_pattern(bs, 8192, (64 << 10) - 8192, 0);
+    assert_int_equal(do_flush(bs), 0);
+    close_img(bs);
+
+    assert_int_equal(img_check("w.qcow2"), 0);
+    assert_int_equal(qemu_io_read("w.qcow2", 4096, 4096, 0x05), 0);
+    assert_int_equal(qemu_io_read("w.qcow2", 8192, 57344, 0), 0);
+    assert_int_equal(qemu_io_read("w.qcow2", 64 << 10, 64 << 10, 0x44), 0);
+    assert_int_equal(qemu_io_read("w.qcow2", 256 << 10, 128 << 10, 0), 0);
+    assert_int_equal(qemu_io_read("w.qcow2", (128 << 10) + 4096, 4096, 0x02),
+                     0);
+    assert_int_equal(qemu_io_read("w.qcow2", (32 << 20) - 8192, 16384, 0x03),
+                     0);
+    assert_int_equal(
+        qemu_io_read("w.qcow2", (40 << 20) + (63 << 18), 256 << 10, 0x4f), 0);
+    assert_int_equal(
+        qemu_io_read("w.qcow2", (10 << 20) + 63 * 2048, 2048, 0x4f), 0);
+}
+
+/* 512-byte clusters: the refcount table (one cluster) covers only 8 MiB of
+ * file, so writing 12 MiB grows it and adds refcount blocks. */
+static void test_refcount_growth(void **state)
+{
+    struct bdev *bs;
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=512 "
+                        "'%s' 16M",
+                        path("small.qcow2")),
+                     0);
+    bs = open_img("small.qcow2", false, false);
+    for (int i = 0; i < 12; i++) {
+        write_pattern(bs, (uint64_t)i << 20, 1 << 20, (uint8_t)(0x60 + i));
+    }
+    for (int i = 0; i < 12; i++) {
+        expect_pattern(bs, (uint64_t)i << 20, 1 << 20, (uint8_t)(0x60 + i));
+    }
+    assert_int_equal(do_flush(bs), 0);
+    close_img(bs);
+    assert_int_equal(img_check("small.qcow2"), 0);
+    assert_int_equal(qemu_io_read("small.qcow2", 11 << 20, 1 << 20, 0x6b), 0);
+    assert_int_equal(qemu_io_read("small.qcow2", 0, 1 << 20, 0x60), 0);
+}
+
+static void test_change_backing(void **state)
+{
+    struct bdev *bs;
+    struct done d = {0};
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 1M && "
+                        "qemu-img create -q -f raw '%s' 1M && "
+                        "qemu-img create -q -f qcow2 -b cb_base.qcow2 -F qcow2 "
+                        "'%s'",
+                        path("cb_base.qcow2"), path("cb_other.raw"),
+                        path("cb.qcow2")),
+                     0);
+    bs = open_img("cb.qcow2", false, false);
+    write_pattern(bs, 0, 4096, 0x21);
+    assert_int_equal(
+        bs->drv->change_backing(bs, "cb_other.raw", "raw", io_cb, &d), 0);
+    assert_false(d.done);
+    assert_int_equal(wait_done(&d), 0);
+    close_img(bs);
+    assert_int_equal(sh("qemu-img info '%s' | grep -q 'backing file: "
+                        "cb_other.raw' && qemu-img info '%s' | grep -q "
+                        "'backing file format: raw'",
+                        path("cb.qcow2"), path("cb.qcow2")),
+                     0);
+    assert_int_equal(img_check("cb.qcow2"), 0);
+    assert_int_equal(qemu_io_read("cb.qcow2", 0, 4096, 0x21), 0);
+
+    /* And away again. */
+    bs = open_img("cb.qcow2", false, false);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(bs->drv->change_backing(bs, NULL, NULL, io_cb, &d), 0);
+    assert_int_equal(wait_done(&d), 0);
+    close_img(bs);
+    assert_int_equal(
+        sh("qemu-img info '%s' | grep -q 'backing file'", path("cb.qcow2")), 1);
+    assert_int_equal(img_check("cb.qcow2"), 0);
+}
+
+/* ---- malformed images --------------------------------------------------- */
+
+static void patch(const char *name, uint64_t off, const void *bytes, size_t n)
+{
+    FILE *f = fopen(path(name), "r+b");
+
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)off, SEEK_SET), 0);
+    assert_int_equal(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+}
+
+static void expect_open_error(const char *name, const char *text)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct bdev *bs = open_img_err(name, true, false, NULL, &err);
+
+    if (bs) {
+        close_img(bs);
+        fail_msg("%s opened", name);
+    }
+    assert_non_null(err.desc);
+    if (!strstr(err.desc, text)) {
+        fail_msg("error '%s' lacks '%s'", err.desc, text);
+    }
+    qmp_error_clear(&err);
+}
+
+static void make_bad(void)
+{
+    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 1M && "
+                        "qemu-io -f qcow2 -c 'write -q -P 0x11 0 64k' '%s'",
+                        path("bad.qcow2"), path("bad.qcow2")),
+                     0);
+}
+
+static void test_malformed(void **state)
+{
+    uint8_t be[8];
+    struct bdev *bs;
+    uint8_t *buf;
+
+    (void)state;
+    NEED_QEMU();
+    /* Not qcow2 at all. */
+    assert_int_equal(sh("qemu-img create -q -f raw '%s' 1M", path("bad.qcow2")),
+                     0);
+    expect_open_error("bad.qcow2", "Image is not in qcow2 format");
+
+    /* Truncated to 100 bytes, then to two clusters (tables past EOF). */
+    make_bad();
+    assert_int_equal(truncate(path("bad.qcow2"), 100), 0);
+    expect_open_error("bad.qcow2", "qcow2 header is truncated");
+    make_bad();
+    assert_int_equal(truncate(path("bad.qcow2"), 2 * 65536), 0);
+    expect_open_error("bad.qcow2", "Invalid L1 table offset");
+
+    /* Huge l1_size and virtual size. */
+    make_bad();
+    qcow2_put_be32(be, 0x40000000u);
+    patch("bad.qcow2", 36, be, 4);
+    expect_open_error("bad.qcow2", "Active L1 table too large");
+    make_bad();
+    qcow2_put_be64(be, 1ull << 60);
+    patch("bad.qcow2", 24, be, 8);
+    expect_open_error("bad.qcow2", "Image is too big");
+
+    /* Refcount entry width 128 bits. */
+    make_bad();
+    qcow2_put_be32(be, 7);
+    patch("bad.qcow2", 96, be, 4);
+    expect_open_error("bad.qcow2", "Reference count entry width too large");
+
+    /* Unknown incompatible feature. */
+    make_bad();
+    qcow2_put_be64(be, 1ull << 33);
+    patch("bad.qcow2", 72, be, 8);
+    expect_open_error("bad.qcow2",
+                      "Unsupported qcow2 feature(s): Unknown incompatible "
+                      "feature: 200000000");
+
+    /* Corrupt bit: read-only is fine, read-write is refused. */
+    make_bad();
+    qcow2_put_be64(be, QCOW2_INCOMPAT_CORRUPT);
+    patch("bad.qcow2", 72, be, 8);
+    {
+        struct qmp_error err = QMP_ERROR_INIT;
+
+        bs = open_img_err("bad.qcow2", false, false, NULL, &err);
+        assert_null(bs);
+        assert_string_equal(err.desc,
+                            "qcow2: Image is corrupt; cannot be opened "
+                            "read/write");
+        qmp_error_clear(&err);
+    }
+    bs = open_img("bad.qcow2", true, false);
+    expect_pattern(bs, 0, 4096, 0x11);
+    close_img(bs);
+
+    /* L2 table offset past EOF: open works, reading there fails. */
+    make_bad();
+    qcow2_put_be64(be, QCOW2_OFLAG_COPIED | (1ull << 40));
+    patch("bad.qcow2", 3 * 65536, be, 8);
+    bs = open_img("bad.qcow2", true, false);
+    buf = bdev_buf_alloc(65536);
+    assert_int_equal(do_read(bs, 0, 65536, buf), -EIO);
+    close_img(bs);
+
+    /* Data cluster offset past EOF (L2 table is cluster 4). */
+    make_bad();
+    qcow2_put_be64(be, QCOW2_OFLAG_COPIED | (1ull << 36));
+    patch("bad.qcow2", 4 * 65536, be, 8);
+    bs = open_img("bad.qcow2", true, false);
+    assert_int_equal(do_read(bs, 0, 65536, buf), -EIO);
+    close_img(bs);
+
+    /* Refcount block pointer past EOF: reads work, allocation fails. */
+    make_bad();
+    qcow2_put_be64(be, 1ull << 40);
+    patch("bad.qcow2", 65536, be, 8);
+    bs = open_img("bad.qcow2", false, false);
+    expect_pattern(bs, 0, 4096, 0x11);
+    memset(buf, 0x12, 65536);
+    assert_int_equal(do_write(bs, 128 << 10, 65536, buf), -EIO);
+    close_img(bs);
+
+    /* Every refcount at its maximum: allocation finds no free cluster in
+     * the existing refcount block and moves on to new ones. */
+    make_bad();
+    {
+        uint8_t *rb = calloc(1, 65536);
+
+        memset(rb, 0xff, 65536);
+        patch("bad.qcow2", 2 * 65536, rb, 65536);
+        free(rb);
+    }
+    bs = open_img("bad.qcow2", false, false);
+    assert_int_equal(do_write(bs, 128 << 10, 65536, buf), 0);
+    expect_pattern(bs, 128 << 10, 65536, 0x12);
+    close_img(bs);
+    bdev_buf_free(buf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_read_v3),
+        cmocka_unit_test(test_read_v2),
+        cmocka_unit_test(test_chain),
+        cmocka_unit_test(test_compressed),
+        cmocka_unit_test(test_write_and_check),
+        cmocka_unit_test(test_refcount_growth),
+        cmocka_unit_test(test_change_backing),
+        cmocka_unit_test(test_malformed),
+    };
+
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
