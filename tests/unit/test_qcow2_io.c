@@ -484,6 +484,110 @@ static void test_write_and_check(void **state)
         qemu_io_read("w.qcow2", (10 << 20) + 63 * 2048, 2048, 0x4f), 0);
 }
 
+/* Random concurrent writes, write-zeroes and reads with a tiny L2 cache
+ * (eviction and writebacks under load), checked against an in-memory model,
+ * then by qemu-img check and qemu-img compare. */
+struct rop {
+    struct many *m;
+    uint8_t *buf;
+};
+
+static void rop_cb(void *opaque, int ret)
+{
+    struct rop *o = opaque;
+
+    many_cb(o->m, ret);
+    bdev_buf_free(o->buf);
+    free(o);
+}
+
+static void test_random_stress(void **state)
+{
+    const uint64_t size = 48 << 20;
+    uint8_t *model = calloc(1, size);
+    struct many m = {0};
+    struct bdev *bs;
+    struct qmp_error err = QMP_ERROR_INIT;
+    uint32_t seed = 12345;
+    FILE *f;
+
+    (void)state;
+    NEED_QEMU();
+    assert_non_null(model);
+    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
+                        "'%s' 48M",
+                        path("rnd.qcow2")),
+                     0);
+    bs = open_img_err("rnd.qcow2", false, true, "\"l2-cache-size\": 16384",
+                      &err);
+    assert_non_null(bs);
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < 48; i++) {
+            uint64_t off, len;
+            struct rop *o = calloc(1, sizeof(*o));
+            int kind;
+
+            seed = seed * 1103515245 + 12345;
+            off = ((seed >> 4) % (size / 512)) * 512;
+            seed = seed * 1103515245 + 12345;
+            len = (((seed >> 4) % 64) + 1) * 512 * ((seed >> 20) % 4 ? 1 : 16);
+            if (off + len > size) {
+                len = size - off;
+            }
+            seed = seed * 1103515245 + 12345;
+            kind = (int)((seed >> 8) % 8);
+            o->m = &m;
+            o->buf = bdev_buf_alloc(len);
+            m.left++;
+            /* Writes overlapping in-flight ones would make the model
+             * ambiguous: each round writes disjoint 1 MiB slices. */
+            off = ((uint64_t)i << 20) + (off & ((1 << 20) - 1));
+            if (off + len > ((uint64_t)i + 1) << 20) {
+                len = (((uint64_t)i + 1) << 20) - off;
+            }
+            if (kind == 0) {
+                memset(model + off, 0, len);
+                assert_int_equal(bdev_write_zeroes(bs, off, len, rop_cb, o), 0);
+            } else if (kind < 6) {
+                for (uint64_t j = 0; j < len; j++) {
+                    o->buf[j] = (uint8_t)(round * 31 + i + (j >> 9));
+                }
+                memcpy(model + off, o->buf, len);
+                assert_int_equal(bdev_write(bs, off, len, o->buf, rop_cb, o),
+                                 0);
+            } else {
+                assert_int_equal(bdev_read(bs, off, len, o->buf, rop_cb, o), 0);
+            }
+        }
+        while (m.left) {
+            uv_run(&loop, UV_RUN_ONCE);
+        }
+        assert_int_equal(m.err, 0);
+        if (round % 7 == 3) {
+            assert_int_equal(do_flush(bs), 0);
+        }
+    }
+    {
+        uint8_t *buf = bdev_buf_alloc(1 << 20);
+
+        for (uint64_t off = 0; off < size; off += 1 << 20) {
+            assert_int_equal(do_read(bs, off, 1 << 20, buf), 0);
+            assert_memory_equal(buf, model + off, 1 << 20);
+        }
+        bdev_buf_free(buf);
+    }
+    close_img(bs);
+    f = fopen(path("rnd.raw"), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(model, 1, size, f), size);
+    fclose(f);
+    free(model);
+    assert_int_equal(img_check("rnd.qcow2"), 0);
+    assert_int_equal(sh("qemu-img compare -q -f qcow2 -F raw '%s' '%s'",
+                        path("rnd.qcow2"), path("rnd.raw")),
+                     0);
+}
+
 /* 512-byte clusters: the refcount table (one cluster) covers only 8 MiB of
  * file, so writing 12 MiB grows it and adds refcount blocks. */
 static void test_refcount_growth(void **state)
@@ -701,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_chain),
         cmocka_unit_test(test_compressed),
         cmocka_unit_test(test_write_and_check),
+        cmocka_unit_test(test_random_stress),
         cmocka_unit_test(test_refcount_growth),
         cmocka_unit_test(test_change_backing),
         cmocka_unit_test(test_malformed),
