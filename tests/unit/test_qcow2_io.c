@@ -588,6 +588,74 @@ static void test_random_stress(void **state)
                      0);
 }
 
+/* Crash consistency: copies of the image taken while writes, flushes and
+ * cache evictions are in flight (what a crash of the daemon would leave)
+ * must pass qemu-img check with at most leaks, and keep everything that was
+ * written before a completed flush. */
+static void test_crash_points(void **state)
+{
+    struct bdev *bs;
+    struct many m = {0};
+    struct qmp_error err = QMP_ERROR_INIT;
+    uint8_t *buf = bdev_buf_alloc(64 << 10);
+    int copies = 0;
+
+    (void)state;
+    NEED_QEMU();
+    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
+                        "'%s' 64M",
+                        path("crash.qcow2")),
+                     0);
+    bs = open_img_err("crash.qcow2", false, false, "\"l2-cache-size\": 4096",
+                      &err);
+    assert_non_null(bs);
+    memset(buf, 0x70, 64 << 10);
+    for (int i = 0; i < 32; i++) {
+        assert_int_equal(do_write(bs, (uint64_t)i << 21, 64 << 10, buf), 0);
+    }
+    assert_int_equal(do_flush(bs), 0);
+    memset(buf, 0x71, 64 << 10);
+    for (int i = 0; i < 256; i++) {
+        m.left++;
+        if (i % 16 == 15) {
+            assert_int_equal(bdev_flush(bs, many_cb, &m), 0);
+        } else {
+            assert_int_equal(bdev_write(bs, ((uint64_t)i << 18) + (64 << 10),
+                                        16 << 10, buf, many_cb, &m),
+                             0);
+        }
+    }
+    while (m.left) {
+        uv_run(&loop, UV_RUN_ONCE);
+        if (m.left % 40 == 0 && copies < 5) {
+            char name[32];
+
+            snprintf(name, sizeof(name), "crash%d.qcow2", copies++);
+            assert_int_equal(
+                sh("cp '%s' '%s'", path("crash.qcow2"), path(name)), 0);
+        }
+    }
+    assert_int_equal(m.err, 0);
+    close_img(bs);
+    bdev_buf_free(buf);
+    assert_true(copies > 0);
+    for (int c = 0; c < copies; c++) {
+        char name[32];
+        int st;
+
+        snprintf(name, sizeof(name), "crash%d.qcow2", c);
+        st = img_check(name);
+        if (st != 0 && st != 3) {
+            fail_msg("%s: qemu-img check exit %d", name, st);
+        }
+        for (int i = 0; i < 32; i += 7) {
+            assert_int_equal(
+                qemu_io_read(name, (uint64_t)i << 21, 64 << 10, 0x70), 0);
+        }
+    }
+    assert_int_equal(img_check("crash.qcow2"), 0);
+}
+
 /* 512-byte clusters: the refcount table (one cluster) covers only 8 MiB of
  * file, so writing 12 MiB grows it and adds refcount blocks. */
 static void test_refcount_growth(void **state)
@@ -806,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_compressed),
         cmocka_unit_test(test_write_and_check),
         cmocka_unit_test(test_random_stress),
+        cmocka_unit_test(test_crash_points),
         cmocka_unit_test(test_refcount_growth),
         cmocka_unit_test(test_change_backing),
         cmocka_unit_test(test_malformed),
