@@ -2524,6 +2524,21 @@ static void qcow2_info(struct bdev *bs, json_t *info)
     json_object_set_new(spec, "data", data);
     json_object_set_new(info, "format-specific", spec);
     if (s->m.has_backing) {
+        const char *img = bs->file ? bdev_filename(bs->file) : NULL;
+        char *full = NULL;
+
+        /* Relative names are relative to the image's directory. */
+        if (s->m.backing_file[0] != '/' && img && img[0] &&
+            strncmp(img, "json:", 5) != 0 && strrchr(img, '/')) {
+            int dlen = (int)(strrchr(img, '/') - img);
+
+            if (asprintf(&full, "%.*s/%s", dlen, img, s->m.backing_file) < 0) {
+                full = NULL;
+            }
+        }
+        json_object_set_new(info, "full-backing-filename",
+                            json_string(full ? full : s->m.backing_file));
+        free(full);
         json_object_set_new(info, "backing-filename",
                             json_string(s->m.backing_file));
         if (s->m.backing_fmt[0]) {

@@ -305,6 +305,32 @@ static void test_chain(void **state)
         0);
     bs = open_img("top.qcow2", true, true);
     assert_non_null(bdev_backing(bs));
+    {
+        json_t *info = json_object();
+        char want[600];
+
+        bs->drv->info(bs, info);
+        assert_string_equal(
+            json_string_value(json_object_get(info, "backing-filename")),
+            "mid.qcow2");
+        assert_string_equal(
+            json_string_value(json_object_get(info, "backing-filename-format")),
+            "qcow2");
+        snprintf(want, sizeof(want), "%s", path("mid.qcow2"));
+        assert_string_equal(
+            json_string_value(json_object_get(info, "full-backing-filename")),
+            want);
+        assert_int_equal(
+            json_integer_value(json_object_get(info, "cluster-size")), 65536);
+        assert_true(json_is_false(json_object_get(info, "dirty-flag")));
+        assert_string_equal(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(info, "format-specific"),
+                                "data"),
+                "compat")),
+            "1.1");
+        json_decref(info);
+    }
     assert_non_null(bdev_backing(bdev_backing(bs)));
     expect_pattern(bs, 0, 64 << 10, 0); /* zero cluster in top */
     expect_pattern(bs, 64 << 10, 448 << 10, 0x11);
