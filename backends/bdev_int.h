@@ -53,10 +53,10 @@ enum bdev_debug_event {
 void bdev_debug_event(struct bdev *child, enum bdev_debug_event ev);
 
 struct bdev_driver {
-    const char *name;   /* "file", "raw", "qcow2", "null-co", "blkdebug" */
-    bool is_format;     /* has a `file` child */
-    bool has_backing;   /* may have a `backing` child (qcow2) */
-    size_t state_size;  /* bytes of bs->state, zeroed before open */
+    const char *name;  /* "file", "raw", "qcow2", "null-co", "blkdebug" */
+    bool is_format;    /* has a `file` child */
+    bool has_backing;  /* may have a `backing` child (qcow2) */
+    size_t state_size; /* bytes of bs->state, zeroed before open */
     /* The QAPI type of the driver's members (a branch of BlockdevOptions). */
     const char *options_type;
 
@@ -71,7 +71,7 @@ struct bdev_driver {
     int (*submit)(struct bdev *bs, struct bdev_req *req);
     /* This layer's status for a range; NULL = all data, allocated. */
     int (*block_status)(struct bdev *bs, uint64_t offset, uint64_t bytes,
-                         bdev_status_cb *cb, void *opaque);
+                        bdev_status_cb *cb, void *opaque);
     /* Synchronous I/O for open, close and metadata rewrites. */
     int (*pread_sync)(struct bdev *bs, uint64_t off, uint64_t n, void *buf);
     int (*pwrite_sync)(struct bdev *bs, uint64_t off, uint64_t n,
@@ -93,6 +93,10 @@ struct bdev_driver {
     /* Additive: applies bs->perm / bs->shared_perm (BDEV_PERM_* bits, e.g.
      * OFD lock bytes for `file`); NULL = nothing to apply. */
     int (*apply_perm)(struct bdev *bs, struct qmp_error *err);
+    /* Additive: writes past the end grow the node (file); reads past the
+     * end are the driver's business. Otherwise bdev.c refuses writes past
+     * the end with -EIO and zero-fills reads past it. */
+    bool can_grow;
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
@@ -106,31 +110,31 @@ struct bdev_driver {
 struct bdev {
     const struct bdev_driver *drv;
     char *node_name;
-    char *filename;        /* as reported by query-named-block-nodes */
-    struct bdev *file;     /* format drivers' protocol child */
-    struct bdev *backing;  /* qcow2's backing child */
+    char *filename;       /* as reported by query-named-block-nodes */
+    struct bdev *file;    /* format drivers' protocol child */
+    struct bdev *backing; /* qcow2's backing child */
     bool read_only;
-    bool explicit_ro;      /* read-only was given by the user */
-    bool implicit;         /* auto-named #blockN, owned by its parent */
-    bool monitor_owned;    /* created by blockdev-add itself */
+    bool explicit_ro;   /* read-only was given by the user */
+    bool implicit;      /* auto-named #blockN, owned by its parent */
+    bool monitor_owned; /* created by blockdev-add itself */
     int refcnt;
-    int parents;           /* how many nodes use it as a child */
-    char *claimed_by;      /* job that claimed it, or NULL */
+    int parents;      /* how many nodes use it as a child */
+    char *claimed_by; /* job that claimed it, or NULL */
     uint64_t in_flight;
     uint32_t mem_align;
-    void *state;           /* driver state, drv->state_size bytes */
-    struct bdev *next;     /* list of all nodes, newest first */
+    void *state;       /* driver state, drv->state_size bytes */
+    struct bdev *next; /* list of all nodes, newest first */
     /* Additive members (bdev.c fills them before drv->open). */
-    bool cache_direct;     /* cache.direct as given (reported) */
-    bool cache_no_flush;   /* cache.no-flush: flushes complete at once */
+    bool cache_direct;   /* cache.direct as given (reported) */
+    bool cache_no_flush; /* cache.no-flush: flushes complete at once */
     bool force_share;
     bool auto_read_only;
     const char *detect_zeroes; /* "off", "on", "unmap" */
-    uint32_t cluster_size; /* formats may set it in open (else 0) */
-    unsigned perm;         /* BDEV_PERM_* its parents need */
-    unsigned shared_perm;  /* BDEV_PERM_* its parents let others have */
-    json_t *full_opts;     /* options naming the node (for json: names) */
-    void *drain_priv;      /* bdev.c's */
+    uint32_t cluster_size;     /* formats may set it in open (else 0) */
+    unsigned perm;             /* BDEV_PERM_* its parents need */
+    unsigned shared_perm;      /* BDEV_PERM_* its parents let others have */
+    json_t *full_opts;         /* options naming the node (for json: names) */
+    void *drain_priv;          /* bdev.c's */
 };
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new
@@ -142,12 +146,18 @@ struct bdev *bdev_open_child(json_t *ref, bool read_only,
 /* Opens the backing chain named in an image header: filename relative to the
  * directory of `parent`'s file, format may be NULL (probe). Read-only. */
 struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
-                                    const char *format,
-                                    struct qmp_error *err);
+                                    const char *format, struct qmp_error *err);
 
 /* Opens a node from BlockdevOptions (blockdev-add). monitor: owned by the
  * monitor (needs node-name) rather than implicit. Returns a referenced node. */
 struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
+/* The newest node; follow ->next for the rest (query order). */
+struct bdev *bdev_all_nodes(void);
+/* Tests: an extra driver found by name (up to 4). */
+void bdev_register_driver(const struct bdev_driver *drv);
+/* Tests: open `file` nodes without O_DIRECT, as on a file system that
+ * refuses it, so the thread-pool path runs. */
+extern bool bdev_file_no_direct;
 /* Runs fn(arg) on a later loop iteration (never inside the caller). */
 void bdev_call_later(void (*fn)(void *arg), void *arg);
 

@@ -1,0 +1,49 @@
+/* The I/O engine under the file driver.
+ *
+ * Two paths behind one call: requests on an O_DIRECT descriptor whose
+ * buffer, offset and length are aligned go to the kernel through libaio
+ * (io_submit, completions signalled on an eventfd that a uv_poll_t watches,
+ * reaped with io_getevents); everything else - buffered descriptors,
+ * flushes, preallocation, zeroing - runs on libuv's thread pool. Either way
+ * the loop never waits for a disk, and the callback runs later on the loop.
+ */
+#ifndef BACKENDS_AIO_H
+#define BACKENDS_AIO_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+enum aio_op {
+    AIO_OP_READ,        /* whole length, or up to end of file */
+    AIO_OP_WRITE,       /* whole length */
+    AIO_OP_FSYNC,       /* fdatasync */
+    AIO_OP_FALLOCATE,   /* allocate [off, off + len), growing the file */
+    AIO_OP_WRITE_ZEROES /* zero [off, off + len) */
+};
+
+/* ret: bytes transferred (reads may be short at end of file), 0 for the
+ * other operations, or -errno. */
+typedef void aio_cb(void *opaque, ssize_t ret);
+
+int aio_init(uv_loop_t *loop);
+/* Frees the engine; no request may be in flight. */
+void aio_fini(void);
+
+/* Queues one request. native: use libaio (fd is O_DIRECT and the request is
+ * aligned for it); otherwise the thread pool. Returns 0 (cb runs later,
+ * exactly once) or -errno (no callback). */
+int aio_submit(int fd, bool native, enum aio_op op, void *buf, uint64_t len,
+               uint64_t off, aio_cb *cb, void *opaque);
+
+/* Counters for tests and benchmarks. */
+struct aio_stats {
+    uint64_t native_submitted;
+    uint64_t pool_submitted;
+    uint64_t eagain_queued; /* io_submit said EAGAIN: kept for later */
+    unsigned in_flight;
+};
+void aio_get_stats(struct aio_stats *st);
+
+#endif

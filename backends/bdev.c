@@ -1,0 +1,1363 @@
+/* The node graph and the request API; see bdev.h and bdev_int.h.
+ *
+ * Nodes live on one list, newest first (query-named-block-nodes' order).
+ * bdev.c does everything the drivers have in common: naming, options every
+ * node has, references, claims, permissions between parents and children,
+ * range checks, in-flight counting and drain. Drivers only move data.
+ */
+#include "backends/bdev_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backends/aio.h"
+
+#define NODE_NAME_MAX 31
+
+static const struct bdev_driver *const drivers[] = {
+    &bdev_drv_file,    &bdev_drv_raw,      &bdev_drv_qcow2,
+    &bdev_drv_null_co, &bdev_drv_blkdebug,
+};
+
+/* Options a child inherits from its parent unless it sets them itself. */
+struct inherit {
+    bool read_only;
+    bool cache_direct;
+    bool cache_no_flush;
+    bool auto_read_only;
+};
+
+struct later {
+    void (*fn)(void *arg);
+    void *arg;
+    struct later *next;
+};
+
+struct drain_waiter {
+    struct bdev *bs;
+    bdev_cb *cb;
+    void *opaque;
+    struct drain_waiter *next;
+};
+
+static struct {
+    uv_loop_t *loop;
+    struct bdev *nodes;
+    uint64_t implicit_id;
+    uint32_t name_rand;
+    uv_idle_t idle;
+    bool idle_init;
+    struct later *later_head, *later_tail;
+    struct drain_waiter *drains;
+} g;
+
+/* ---- deferred calls ---------------------------------------------------- */
+
+static void idle_cb(uv_idle_t *h)
+{
+    struct later *l = g.later_head;
+
+    (void)h;
+    /* Take the whole list: calls queued by these callbacks wait for the
+     * next iteration, so a chain of deferrals cannot starve the loop. */
+    g.later_head = g.later_tail = NULL;
+    while (l) {
+        struct later *next = l->next;
+
+        l->fn(l->arg);
+        free(l);
+        l = next;
+    }
+    if (!g.later_head) {
+        uv_idle_stop(&g.idle);
+    }
+}
+
+void bdev_call_later(void (*fn)(void *arg), void *arg)
+{
+    struct later *l = calloc(1, sizeof(*l));
+
+    if (!l) {
+        abort(); /* a promised callback cannot be dropped */
+    }
+    l->fn = fn;
+    l->arg = arg;
+    if (g.later_tail) {
+        g.later_tail->next = l;
+    } else {
+        g.later_head = l;
+    }
+    g.later_tail = l;
+    uv_idle_start(&g.idle, idle_cb);
+}
+
+/* ---- start-up ---------------------------------------------------------- */
+
+int bdev_init(uv_loop_t *loop)
+{
+    int ret;
+
+    g.loop = loop;
+    if (!g.idle_init) {
+        uv_idle_init(loop, &g.idle);
+        g.idle_init = true;
+    }
+    ret = aio_init(loop);
+    return ret;
+}
+
+uv_loop_t *bdev_loop(void)
+{
+    return g.loop;
+}
+
+/* ---- lookup and accessors ---------------------------------------------- */
+
+struct bdev *bdev_find(const char *node_name)
+{
+    for (struct bdev *bs = g.nodes; bs; bs = bs->next) {
+        if (strcmp(bs->node_name, node_name) == 0) {
+            return bs;
+        }
+    }
+    return NULL;
+}
+
+const char *bdev_node_name(const struct bdev *bs)
+{
+    return bs->node_name;
+}
+
+const char *bdev_driver_name(const struct bdev *bs)
+{
+    return bs->drv->name;
+}
+
+const char *bdev_filename(const struct bdev *bs)
+{
+    return bs->filename ? bs->filename : "";
+}
+
+struct bdev *bdev_file_child(const struct bdev *bs)
+{
+    return bs->file;
+}
+
+struct bdev *bdev_backing(const struct bdev *bs)
+{
+    return bs->backing;
+}
+
+int64_t bdev_length(struct bdev *bs)
+{
+    return bs->drv->length ? bs->drv->length(bs) : 0;
+}
+
+bool bdev_is_read_only(const struct bdev *bs)
+{
+    return bs->read_only;
+}
+
+uint32_t bdev_cluster_size(const struct bdev *bs)
+{
+    return bs->cluster_size;
+}
+
+uint32_t bdev_mem_align(const struct bdev *bs)
+{
+    uint32_t a = bs->mem_align ? bs->mem_align : 1;
+
+    if (bs->file && bdev_mem_align(bs->file) > a) {
+        a = bdev_mem_align(bs->file);
+    }
+    return a;
+}
+
+const char *bdev_claimed_by(const struct bdev *bs)
+{
+    return bs->claimed_by;
+}
+
+/* ---- permissions ------------------------------------------------------- */
+
+static const char *const perm_names[] = {"consistent read", "write",
+                                         "write unchanged", "resize"};
+
+/* What parent `p` needs from / lets others do to `child`. */
+static void parent_perms(const struct bdev *p, const struct bdev *child,
+                         unsigned *perm, unsigned *shared)
+{
+    *perm = 0;
+    *shared = BDEV_PERM_ALL;
+    if (p->file == child) {
+        if (p->drv->is_format && p->drv->has_backing) {
+            /* A format with metadata: always reads, writes when writable,
+             * and cannot live with anyone else writing or resizing. */
+            *perm = BDEV_PERM_CONSISTENT_READ;
+            if (!p->read_only) {
+                *perm |= BDEV_PERM_WRITE | BDEV_PERM_RESIZE;
+            }
+            *shared = BDEV_PERM_CONSISTENT_READ | BDEV_PERM_WRITE_UNCHANGED;
+            if (p->force_share) {
+                *shared = BDEV_PERM_ALL;
+            }
+        } else {
+            /* raw and blkdebug pass their parents' needs through. */
+            *perm = p->perm;
+            *shared = p->shared_perm;
+        }
+    }
+    /* A backing child: nothing needed while no user reads the image. */
+}
+
+static void perm_list(unsigned bits, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    for (unsigned i = 0; i < 4; i++) {
+        if (bits & (1u << i)) {
+            if (buf[0]) {
+                strncat(buf, ", ", len - strlen(buf) - 1);
+            }
+            strncat(buf, perm_names[i], len - strlen(buf) - 1);
+        }
+    }
+}
+
+static bool is_parent_of(const struct bdev *p, const struct bdev *c)
+{
+    return p->file == c || p->backing == c;
+}
+
+/* Recomputes what the parents of `bs` need, checks they agree, and lets the
+ * driver apply it (lock bytes). Recurses into children, whose needs derive
+ * from ours. */
+static int perm_refresh(struct bdev *bs, struct qmp_error *err)
+{
+    unsigned perm = 0, shared = BDEV_PERM_ALL;
+    int ret;
+
+    for (struct bdev *a = g.nodes; a; a = a->next) {
+        unsigned ap, as;
+
+        if (!is_parent_of(a, bs)) {
+            continue;
+        }
+        parent_perms(a, bs, &ap, &as);
+        for (struct bdev *b = g.nodes; b; b = b->next) {
+            unsigned bp, bsh, clash;
+            char names[80];
+
+            if (b == a || !is_parent_of(b, bs)) {
+                continue;
+            }
+            parent_perms(b, bs, &bp, &bsh);
+            clash = bp & ~as;
+            if (clash) {
+                /* b is the older parent (later on the newest-first list
+                 * only if a is newer): name the one that holds first. */
+                perm_list(clash, names, sizeof(names));
+                qmp_error_setg(
+                    err,
+                    "Permission conflict on node '%s': "
+                    "permissions '%s' are both required by node "
+                    "'%s' (uses node '%s' as '%s' child) and "
+                    "unshared by node '%s' (uses node '%s' as "
+                    "'%s' child).",
+                    bs->node_name, names, b->node_name, bs->node_name,
+                    b->file == bs ? "file" : "backing", a->node_name,
+                    bs->node_name, a->file == bs ? "file" : "backing");
+                return -EPERM;
+            }
+        }
+        perm |= ap;
+        shared &= as;
+    }
+    if (perm != bs->perm || shared != bs->shared_perm) {
+        unsigned old_perm = bs->perm, old_shared = bs->shared_perm;
+
+        bs->perm = perm;
+        bs->shared_perm = shared;
+        if (bs->drv->apply_perm) {
+            ret = bs->drv->apply_perm(bs, err);
+            if (ret < 0) {
+                bs->perm = old_perm;
+                bs->shared_perm = old_shared;
+                return ret;
+            }
+        }
+    }
+    if (bs->file) {
+        ret = perm_refresh(bs->file, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (bs->backing) {
+        ret = perm_refresh(bs->backing, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* ---- references -------------------------------------------------------- */
+
+static void list_remove(struct bdev *bs)
+{
+    for (struct bdev **pp = &g.nodes; *pp; pp = &(*pp)->next) {
+        if (*pp == bs) {
+            *pp = bs->next;
+            return;
+        }
+    }
+}
+
+static void child_release(struct bdev *child)
+{
+    if (!child) {
+        return;
+    }
+    child->parents--;
+    /* Fewer parents can only lift locks: failures here are not fatal. */
+    perm_refresh(child, NULL);
+    bdev_unref(child);
+}
+
+static void node_free(struct bdev *bs)
+{
+    struct bdev *file = bs->file, *backing = bs->backing;
+
+    if (bs->drv->close) {
+        bs->drv->close(bs);
+    }
+    list_remove(bs);
+    bs->file = bs->backing = NULL;
+    child_release(file);
+    child_release(backing);
+    json_decref(bs->full_opts);
+    free(bs->claimed_by);
+    free(bs->filename);
+    free(bs->node_name);
+    free(bs->state);
+    free(bs);
+}
+
+void bdev_ref(struct bdev *bs)
+{
+    bs->refcnt++;
+}
+
+void bdev_unref(struct bdev *bs)
+{
+    if (!bs) {
+        return;
+    }
+    if (--bs->refcnt > 0) {
+        return;
+    }
+    node_free(bs);
+}
+
+int bdev_claim(struct bdev *bs, const char *reason, struct qmp_error *err)
+{
+    if (bs->claimed_by) {
+        qmp_error_setg(err,
+                       "Node '%s' is busy: block device is in use by block "
+                       "job: %s",
+                       bs->node_name, bs->claimed_by);
+        return -EBUSY;
+    }
+    bs->claimed_by = strdup(reason ? reason : "");
+    return bs->claimed_by ? 0 : -ENOMEM;
+}
+
+void bdev_release(struct bdev *bs)
+{
+    free(bs->claimed_by);
+    bs->claimed_by = NULL;
+}
+
+/* ---- opening ----------------------------------------------------------- */
+
+static bool name_wellformed(const char *s)
+{
+    if (!isalpha((unsigned char)s[0])) {
+        return false;
+    }
+    for (const char *p = s + 1; *p; p++) {
+        if (!isalnum((unsigned char)*p) && !strchr("-._", *p)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int check_node_name(const char *name, struct qmp_error *err)
+{
+    if (!name_wellformed(name)) {
+        qmp_error_setg(err, "Invalid node-name: '%s'", name);
+        return -EINVAL;
+    }
+    if (bdev_find(name)) {
+        qmp_error_setg(err, "Duplicate nodes with node-name='%s'", name);
+        return -EEXIST;
+    }
+    if (strlen(name) > NODE_NAME_MAX) {
+        qmp_error_setg(err, "Node name too long");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static char *implicit_name(void)
+{
+    char *s;
+
+    /* Like QEMU: a counter and two pseudo-random digits. */
+    g.name_rand = g.name_rand * 1103515245u + 12345u;
+    if (asprintf(&s, "#block%llu%02u", (unsigned long long)g.implicit_id++,
+                 (g.name_rand >> 16) % 100) < 0) {
+        return NULL;
+    }
+    return s;
+}
+
+static const struct bdev_driver *extra_drivers[4];
+
+void bdev_register_driver(const struct bdev_driver *drv)
+{
+    for (size_t i = 0; i < 4; i++) {
+        if (!extra_drivers[i] || extra_drivers[i] == drv) {
+            extra_drivers[i] = drv;
+            return;
+        }
+    }
+}
+
+struct bdev *bdev_all_nodes(void)
+{
+    return g.nodes;
+}
+
+static const struct bdev_driver *find_driver(const char *name)
+{
+    for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++) {
+        if (drivers[i] && strcmp(drivers[i]->name, name) == 0) {
+            return drivers[i];
+        }
+    }
+    for (size_t i = 0; i < 4; i++) {
+        if (extra_drivers[i] && strcmp(extra_drivers[i]->name, name) == 0) {
+            return extra_drivers[i];
+        }
+    }
+    return NULL;
+}
+
+static bool opt_bool(json_t *opts, const char *key, bool dflt)
+{
+    json_t *v = json_object_get(opts, key);
+
+    return json_is_boolean(v) ? json_is_true(v) : dflt;
+}
+
+static struct bdev *open_node(json_t *opts, bool monitor,
+                              const struct inherit *inh, struct qmp_error *err);
+
+static struct bdev *open_child(json_t *ref, const struct inherit *inh,
+                               struct qmp_error *err)
+{
+    struct bdev *child;
+
+    if (json_is_string(ref)) {
+        const char *name = json_string_value(ref);
+
+        child = bdev_find(name);
+        if (!child) {
+            qmp_error_setg(err, "Cannot find device='%s' nor node-name='%s'",
+                           name, name);
+            return NULL;
+        }
+        bdev_ref(child);
+    } else if (json_is_object(ref)) {
+        child = open_node(ref, false, inh, err);
+        if (!child) {
+            return NULL;
+        }
+    } else {
+        qmp_error_setg(err, "Invalid parameter type for 'file', expected: "
+                            "BlockdevRef");
+        return NULL;
+    }
+    child->parents++;
+    return child;
+}
+
+static json_t *default_full_opts(struct bdev *bs)
+{
+    json_t *o = json_object();
+
+    json_object_set_new(o, "driver", json_string(bs->drv->name));
+    if (bs->file && bs->file->full_opts) {
+        json_object_set(o, "file", bs->file->full_opts);
+    }
+    return o;
+}
+
+static void set_default_filename(struct bdev *bs)
+{
+    char *s = NULL;
+
+    if (!bs->full_opts) {
+        bs->full_opts = default_full_opts(bs);
+    }
+    if (bs->filename) {
+        return;
+    }
+    if (bs->file && bs->file->filename &&
+        strncmp(bs->file->filename, "json:", 5) != 0) {
+        bs->filename = strdup(bs->file->filename);
+        return;
+    }
+    if (bs->file) {
+        char *enc =
+            json_dumps(bs->full_opts, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+        if (enc && asprintf(&s, "json:%s", enc) >= 0) {
+            bs->filename = s;
+        }
+        free(enc);
+    }
+}
+
+static struct bdev *open_node(json_t *opts, bool monitor,
+                              const struct inherit *inh, struct qmp_error *err)
+{
+    const char *drv_name, *name;
+    const struct bdev_driver *drv;
+    struct bdev *bs;
+    json_t *cache, *v;
+    struct inherit mine;
+    int ret;
+
+    v = json_object_get(opts, "driver");
+    if (!v) {
+        qmp_error_setg(err, "Parameter 'driver' is missing");
+        return NULL;
+    }
+    drv_name = json_string_value(v);
+    name = json_string_value(json_object_get(opts, "node-name"));
+    if (monitor && !name) {
+        qmp_error_setg(err, "'node-name' must be specified for the root node");
+        return NULL;
+    }
+    drv = drv_name ? find_driver(drv_name) : NULL;
+    if (!drv) {
+        qmp_error_setg(err, "Unknown driver '%s'", drv_name ? drv_name : "");
+        return NULL;
+    }
+    if (name && check_node_name(name, err) < 0) {
+        return NULL;
+    }
+
+    bs = calloc(1, sizeof(*bs));
+    if (!bs) {
+        qmp_error_setg(err, "Out of memory");
+        return NULL;
+    }
+    bs->drv = drv;
+    bs->refcnt = 1;
+    bs->perm = 0;
+    bs->shared_perm = BDEV_PERM_ALL;
+    bs->implicit = !monitor;
+    bs->monitor_owned = monitor;
+
+    /* Options every node has; children inherit the unset ones. */
+    mine = inh ? *inh : (struct inherit){0};
+    v = json_object_get(opts, "read-only");
+    if (json_is_boolean(v)) {
+        mine.read_only = json_is_true(v);
+        bs->explicit_ro = mine.read_only;
+    }
+    cache = json_object_get(opts, "cache");
+    mine.cache_direct = opt_bool(cache, "direct", mine.cache_direct);
+    mine.cache_no_flush = opt_bool(cache, "no-flush", mine.cache_no_flush);
+    mine.auto_read_only = opt_bool(opts, "auto-read-only", mine.auto_read_only);
+    bs->read_only = mine.read_only;
+    bs->cache_direct = mine.cache_direct;
+    bs->cache_no_flush = mine.cache_no_flush;
+    bs->auto_read_only = mine.auto_read_only;
+    bs->force_share = opt_bool(opts, "force-share", false);
+    v = json_object_get(opts, "detect-zeroes");
+    bs->detect_zeroes = "off";
+    if (json_is_string(v) && strcmp(json_string_value(v), "on") == 0) {
+        bs->detect_zeroes = "on";
+    } else if (json_is_string(v) &&
+               strcmp(json_string_value(v), "unmap") == 0) {
+        bs->detect_zeroes = "unmap";
+    }
+    if (bs->force_share && !bs->read_only) {
+        qmp_error_setg(err,
+                       "force-share=on can only be used with read-only images");
+        goto fail;
+    }
+    if (drv->state_size) {
+        bs->state = calloc(1, drv->state_size);
+        if (!bs->state) {
+            qmp_error_setg(err, "Out of memory");
+            goto fail;
+        }
+    }
+
+    /* A format's file child first: its name is older than ours, as in
+     * QEMU, and it must be locked before the format reads its header. */
+    if (drv->is_format) {
+        struct inherit child_inh = mine;
+
+        v = json_object_get(opts, "file");
+        if (!v) {
+            qmp_error_setg(err, "Parameter 'file' is missing");
+            goto fail;
+        }
+        bs->file = open_child(v, &child_inh, err);
+        if (!bs->file) {
+            goto fail;
+        }
+    }
+
+    bs->node_name = name ? strdup(name) : implicit_name();
+    if (!bs->node_name) {
+        qmp_error_setg(err, "Out of memory");
+        goto fail;
+    }
+    bs->next = g.nodes;
+    g.nodes = bs;
+
+    if (bs->file) {
+        ret = perm_refresh(bs->file, err);
+        if (ret < 0) {
+            goto fail_listed;
+        }
+    }
+    if (drv->open) {
+        ret = drv->open(bs, opts, err);
+        if (ret < 0) {
+            if (!qmp_error_is_set(err)) {
+                qmp_error_setg(err, "Could not open node: %s", strerror(-ret));
+            }
+            goto fail_opened;
+        }
+    }
+    /* Children the driver opened itself (backing, blkdebug's image). */
+    if ((bs->file && perm_refresh(bs->file, err) < 0) ||
+        (bs->backing && perm_refresh(bs->backing, err) < 0)) {
+        if (drv->close) {
+            drv->close(bs);
+        }
+        goto fail_opened;
+    }
+    set_default_filename(bs);
+    return bs;
+
+fail_opened:
+    /* The driver cleaned up after a failed open, or close() did. */
+fail_listed:
+    list_remove(bs);
+fail : {
+    struct bdev *file = bs->file, *backing = bs->backing;
+
+    bs->file = bs->backing = NULL;
+    child_release(file);
+    child_release(backing);
+}
+    if (bs->implicit && bs->node_name) {
+        /* The id is spent, like QEMU's, so nothing to give back. */
+    }
+    json_decref(bs->full_opts);
+    free(bs->filename);
+    free(bs->node_name);
+    free(bs->state);
+    free(bs);
+    return NULL;
+}
+
+struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err)
+{
+    return open_node(opts, monitor, NULL, err);
+}
+
+struct bdev *bdev_open_child(json_t *ref, bool read_only, struct qmp_error *err)
+{
+    struct inherit inh = {.read_only = read_only};
+
+    return open_child(ref, &inh, err);
+}
+
+static int probe_format(const char *path, const char **fmt,
+                        struct qmp_error *err)
+{
+    unsigned char magic[4] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+
+    if (fd < 0) {
+        qmp_error_setg(err, "Could not open '%s': %s", path, strerror(errno));
+        return -errno;
+    }
+    n = pread(fd, magic, sizeof(magic), 0);
+    close(fd);
+    *fmt = (n == 4 && memcmp(magic, "QFI\xfb", 4) == 0) ? "qcow2" : "raw";
+    return 0;
+}
+
+struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
+                                    const char *format, struct qmp_error *err)
+{
+    struct qmp_error lerr = QMP_ERROR_INIT;
+    struct inherit inh = {.read_only = true};
+    const char *pfile = parent->file ? parent->file->filename : NULL;
+    char *path = NULL, *dir = NULL;
+    struct bdev *bs = NULL;
+    json_t *opts = NULL, *fopts;
+
+    if (name[0] == '/' || !pfile || strncmp(pfile, "json:", 5) == 0) {
+        path = strdup(name);
+    } else {
+        char *copy = strdup(pfile);
+
+        if (copy) {
+            dir = strdup(dirname(copy));
+            free(copy);
+        }
+        if (dir && asprintf(&path, "%s/%s", dir, name) < 0) {
+            path = NULL;
+        }
+    }
+    if (!path) {
+        qmp_error_setg(err, "Out of memory");
+        goto out;
+    }
+    if (!format && probe_format(path, &format, &lerr) < 0) {
+        goto out_err;
+    }
+    inh.cache_direct = parent->cache_direct;
+    inh.cache_no_flush = parent->cache_no_flush;
+    opts = json_object();
+    json_object_set_new(opts, "driver", json_string(format));
+    fopts = json_object();
+    json_object_set_new(fopts, "driver", json_string("file"));
+    json_object_set_new(fopts, "filename", json_string(path));
+    json_object_set_new(opts, "file", fopts);
+    bs = open_child(opts, &inh, &lerr);
+out_err:
+    if (!bs) {
+        qmp_error_setg(err, "Could not open backing file: %s",
+                       lerr.desc ? lerr.desc : "unknown error");
+    }
+out:
+    qmp_error_clear(&lerr);
+    json_decref(opts);
+    free(dir);
+    free(path);
+    return bs;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+void bdev_close_all(void)
+{
+    /* Roots first, so every node closes after everything above it. */
+    while (g.nodes) {
+        struct bdev *root = NULL;
+
+        for (struct bdev *bs = g.nodes; bs; bs = bs->next) {
+            if (bs->parents == 0) {
+                root = bs;
+                break;
+            }
+        }
+        if (!root) {
+            root = g.nodes; /* cannot happen in a tree; be safe */
+            root->parents = 0;
+        }
+        root->refcnt = 1;
+        bdev_unref(root);
+    }
+    while (g.drains) {
+        struct drain_waiter *w = g.drains;
+
+        g.drains = w->next;
+        free(w);
+    }
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static bool tree_busy(const struct bdev *bs)
+{
+    if (!bs) {
+        return false;
+    }
+    return bs->in_flight > 0 || tree_busy(bs->file) || tree_busy(bs->backing);
+}
+
+static void drain_check(void)
+{
+    struct drain_waiter **pp = &g.drains;
+
+    while (*pp) {
+        struct drain_waiter *w = *pp;
+
+        if (tree_busy(w->bs)) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->cb(w->opaque, 0);
+        free(w);
+        /* The callback may have changed the list: start over. */
+        pp = &g.drains;
+    }
+}
+
+static void drain_later(void *arg)
+{
+    (void)arg;
+    drain_check();
+}
+
+int bdev_drain(struct bdev *bs, bdev_cb *cb, void *opaque)
+{
+    struct drain_waiter *w = calloc(1, sizeof(*w));
+
+    if (!w) {
+        return -ENOMEM;
+    }
+    w->bs = bs;
+    w->cb = cb;
+    w->opaque = opaque;
+    w->next = g.drains;
+    g.drains = w;
+    if (!tree_busy(bs)) {
+        bdev_call_later(drain_later, NULL);
+    }
+    return 0;
+}
+
+void bdev_req_complete(struct bdev_req *req, int ret)
+{
+    struct bdev *bs = req->bs;
+
+    req->cb(req->opaque, ret);
+    free(req);
+    bs->in_flight--;
+    if (g.drains && bs->in_flight == 0) {
+        drain_check();
+    }
+}
+
+struct later_done {
+    struct bdev_req *req;
+    int ret;
+};
+
+static void complete_later_cb(void *arg)
+{
+    struct later_done *l = arg;
+    struct bdev_req *req = l->req;
+    int ret = l->ret;
+
+    free(l);
+    bdev_req_complete(req, ret);
+}
+
+void bdev_req_complete_later(struct bdev_req *req, int ret)
+{
+    struct later_done *l = calloc(1, sizeof(*l));
+
+    if (!l) {
+        abort();
+    }
+    l->req = req;
+    l->ret = ret;
+    bdev_call_later(complete_later_cb, l);
+}
+
+/* A read that crosses the end: the caller's callback for the whole. */
+static int submit(struct bdev *bs, enum bdev_op op, uint64_t offset,
+                  uint64_t bytes, void *buf, bdev_cb *cb, void *opaque)
+{
+    struct bdev_req *req;
+    int ret;
+
+    if (!bs->drv->submit) {
+        return -ENOTSUP;
+    }
+    if (op != BDEV_OP_FLUSH) {
+        int64_t len = bdev_length(bs);
+
+        if (offset > INT64_MAX || bytes > INT64_MAX - offset) {
+            return -EINVAL;
+        }
+        if (op != BDEV_OP_READ && bs->read_only) {
+            return -EPERM;
+        }
+        if (len < 0) {
+            return (int)len;
+        }
+        if (offset + bytes > (uint64_t)len && !bs->drv->can_grow) {
+            if (op != BDEV_OP_READ) {
+                return -EIO;
+            }
+            /* Reads past the end see zeroes, as in QEMU. */
+            if (offset >= (uint64_t)len) {
+                memset(buf, 0, bytes);
+                bytes = 0;
+            } else {
+                memset((char *)buf + ((uint64_t)len - offset), 0,
+                       offset + bytes - (uint64_t)len);
+                bytes = (uint64_t)len - offset;
+            }
+        }
+    } else if (bs->read_only) {
+        /* Flushing a read-only node is a no-op that succeeds. */
+    }
+    req = calloc(1, sizeof(*req));
+    if (!req) {
+        return -ENOMEM;
+    }
+    req->bs = bs;
+    req->op = op;
+    req->offset = offset;
+    req->bytes = bytes;
+    req->buf = buf;
+    req->cb = cb;
+    req->opaque = opaque;
+    bs->in_flight++;
+    if (bytes == 0 && op != BDEV_OP_FLUSH) {
+        bdev_req_complete_later(req, 0);
+        return 0;
+    }
+    ret = bs->drv->submit(bs, req);
+    if (ret < 0) {
+        free(req);
+        bs->in_flight--;
+        if (g.drains && bs->in_flight == 0) {
+            bdev_call_later(drain_later, NULL);
+        }
+    }
+    return ret;
+}
+
+int bdev_read(struct bdev *bs, uint64_t offset, uint64_t bytes, void *buf,
+              bdev_cb *cb, void *opaque)
+{
+    return submit(bs, BDEV_OP_READ, offset, bytes, buf, cb, opaque);
+}
+
+int bdev_write(struct bdev *bs, uint64_t offset, uint64_t bytes,
+               const void *buf, bdev_cb *cb, void *opaque)
+{
+    return submit(bs, BDEV_OP_WRITE, offset, bytes, (void *)buf, cb, opaque);
+}
+
+int bdev_write_zeroes(struct bdev *bs, uint64_t offset, uint64_t bytes,
+                      bdev_cb *cb, void *opaque)
+{
+    return submit(bs, BDEV_OP_WRITE_ZEROES, offset, bytes, NULL, cb, opaque);
+}
+
+int bdev_flush(struct bdev *bs, bdev_cb *cb, void *opaque)
+{
+    return submit(bs, BDEV_OP_FLUSH, 0, 0, NULL, cb, opaque);
+}
+
+/* ---- block status ------------------------------------------------------ */
+
+struct status_op {
+    struct bdev *bs;
+    bdev_status_cb *cb;
+    void *opaque;
+    uint64_t bytes;
+};
+
+static void status_done(void *opaque, int ret, unsigned status, uint64_t pnum)
+{
+    struct status_op *op = opaque;
+    struct bdev *bs = op->bs;
+
+    if (ret == 0 && (pnum == 0 || pnum > op->bytes)) {
+        pnum = op->bytes; /* a driver bug must not loop a job forever */
+    }
+    op->cb(op->opaque, ret, status, pnum);
+    free(op);
+    bs->in_flight--;
+    if (g.drains && bs->in_flight == 0) {
+        drain_check();
+    }
+}
+
+static void status_all_data(void *arg)
+{
+    struct status_op *op = arg;
+
+    status_done(op, 0, BDEV_STATUS_DATA | BDEV_STATUS_ALLOCATED, op->bytes);
+}
+
+int bdev_block_status(struct bdev *bs, uint64_t offset, uint64_t bytes,
+                      bdev_status_cb *cb, void *opaque)
+{
+    struct status_op *op;
+    int64_t len = bdev_length(bs);
+    int ret;
+
+    if (bytes == 0 || len < 0 || offset >= (uint64_t)len) {
+        return -EINVAL;
+    }
+    if (bytes > (uint64_t)len - offset) {
+        bytes = (uint64_t)len - offset;
+    }
+    op = calloc(1, sizeof(*op));
+    if (!op) {
+        return -ENOMEM;
+    }
+    op->bs = bs;
+    op->cb = cb;
+    op->opaque = opaque;
+    op->bytes = bytes;
+    bs->in_flight++;
+    if (!bs->drv->block_status) {
+        bdev_call_later(status_all_data, op);
+        return 0;
+    }
+    ret = bs->drv->block_status(bs, offset, bytes, status_done, op);
+    if (ret < 0) {
+        free(op);
+        bs->in_flight--;
+    }
+    return ret;
+}
+
+/* is_allocated_above: one layer at a time, top down. */
+struct above_op {
+    struct bdev *cur, *bottom;
+    uint64_t offset, n;
+    bdev_status_cb *cb;
+    void *opaque;
+};
+
+static void above_step(struct above_op *op);
+
+static void above_finish(struct above_op *op, int ret, unsigned st,
+                         uint64_t pnum)
+{
+    op->cb(op->opaque, ret, st, pnum);
+    free(op);
+}
+
+static void above_layer_done(void *opaque, int ret, unsigned status,
+                             uint64_t pnum)
+{
+    struct above_op *op = opaque;
+
+    if (ret < 0) {
+        above_finish(op, ret, 0, 0);
+        return;
+    }
+    if (status & BDEV_STATUS_ALLOCATED) {
+        above_finish(op, 0, BDEV_STATUS_ALLOCATED, pnum < op->n ? pnum : op->n);
+        return;
+    }
+    if (pnum < op->n) {
+        op->n = pnum;
+    }
+    if (op->cur == op->bottom) {
+        above_finish(op, 0, 0, op->n);
+        return;
+    }
+    op->cur = op->cur->backing;
+    above_step(op);
+}
+
+static void above_unalloc_later(void *arg)
+{
+    above_layer_done(arg, 0, 0, ((struct above_op *)arg)->n);
+}
+
+static void above_step(struct above_op *op)
+{
+    int64_t len;
+    uint64_t n = op->n;
+    int ret;
+
+    if (!op->cur) {
+        above_finish(op, 0, 0, op->n);
+        return;
+    }
+    len = bdev_length(op->cur);
+    if (len < 0 || op->offset >= (uint64_t)len) {
+        /* Past the end of a shorter layer: nothing allocated there. Go
+         * through the loop so deep chains do not grow the stack. */
+        bdev_call_later(above_unalloc_later, op);
+        return;
+    }
+    if (n > (uint64_t)len - op->offset) {
+        n = (uint64_t)len - op->offset;
+    }
+    ret = bdev_block_status(op->cur, op->offset, n, above_layer_done, op);
+    if (ret < 0) {
+        above_finish(op, ret, 0, 0);
+    }
+}
+
+int bdev_is_allocated_above(struct bdev *top, struct bdev *bottom,
+                            uint64_t offset, uint64_t bytes, bdev_status_cb *cb,
+                            void *opaque)
+{
+    struct above_op *op;
+
+    if (bytes == 0) {
+        return -EINVAL;
+    }
+    op = calloc(1, sizeof(*op));
+    if (!op) {
+        return -ENOMEM;
+    }
+    op->cur = top;
+    op->bottom = bottom;
+    op->offset = offset;
+    op->n = bytes;
+    op->cb = cb;
+    op->opaque = opaque;
+    above_step(op);
+    return 0;
+}
+
+/* ---- change of backing -------------------------------------------------- */
+
+struct chg_op {
+    struct bdev *bs, *new_backing;
+    char *file, *fmt;
+    bdev_cb *cb;
+    void *opaque;
+};
+
+static void chg_finish(struct chg_op *op, int ret)
+{
+    if (op->new_backing) {
+        bdev_unref(op->new_backing);
+    }
+    op->cb(op->opaque, ret);
+    free(op->file);
+    free(op->fmt);
+    free(op);
+}
+
+static void chg_header_done(void *opaque, int ret)
+{
+    struct chg_op *op = opaque;
+    struct bdev *old;
+
+    if (ret < 0) {
+        chg_finish(op, ret);
+        return;
+    }
+    old = op->bs->backing;
+    if (old != op->new_backing) {
+        if (op->new_backing) {
+            bdev_ref(op->new_backing);
+            op->new_backing->parents++;
+        }
+        op->bs->backing = op->new_backing;
+        child_release(old);
+        if (op->new_backing) {
+            perm_refresh(op->new_backing, NULL);
+        }
+    }
+    chg_finish(op, 0);
+}
+
+static void chg_flushed(void *opaque, int ret)
+{
+    struct chg_op *op = opaque;
+
+    if (ret < 0) {
+        chg_finish(op, ret);
+        return;
+    }
+    ret = op->bs->drv->change_backing(op->bs, op->file, op->fmt,
+                                      chg_header_done, op);
+    if (ret < 0) {
+        chg_finish(op, ret);
+    }
+}
+
+int bdev_change_backing(struct bdev *bs, struct bdev *new_backing,
+                        const char *backing_file, const char *backing_fmt,
+                        bdev_cb *cb, void *opaque)
+{
+    struct chg_op *op;
+    int ret;
+
+    if (!bs->drv->has_backing || !bs->drv->change_backing) {
+        return -ENOTSUP;
+    }
+    op = calloc(1, sizeof(*op));
+    if (!op) {
+        return -ENOMEM;
+    }
+    op->bs = bs;
+    op->new_backing = new_backing;
+    op->file = backing_file ? strdup(backing_file) : NULL;
+    op->fmt = backing_fmt ? strdup(backing_fmt) : NULL;
+    op->cb = cb;
+    op->opaque = opaque;
+    if (new_backing) {
+        bdev_ref(new_backing); /* keep it alive until the switch */
+    }
+    ret = bdev_flush(bs, chg_flushed, op);
+    if (ret < 0) {
+        if (new_backing) {
+            bdev_unref(new_backing);
+        }
+        free(op->file);
+        free(op->fmt);
+        free(op);
+    }
+    return ret;
+}
+
+/* ---- reopen -------------------------------------------------------------- */
+
+static bool explicit_ro_below(const struct bdev *bs)
+{
+    for (; bs; bs = bs->file) {
+        if (bs->explicit_ro) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int reopen_one(struct bdev *bs, bool rw, struct qmp_error *err)
+{
+    bool old = bs->read_only;
+    int ret;
+
+    if (bs->read_only == !rw) {
+        return 0;
+    }
+    bs->read_only = !rw;
+    if (bs->drv->reopen) {
+        ret = bs->drv->reopen(bs, rw, err);
+        if (ret < 0) {
+            bs->read_only = old;
+            return ret;
+        }
+    }
+    return 0;
+}
+
+int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
+{
+    int ret;
+
+    if (read_write && explicit_ro_below(bs)) {
+        qmp_error_setg(err, "Block node is read-only");
+        return -EACCES;
+    }
+    if (read_write) {
+        /* Children first: the format writes through them. */
+        if (bs->file) {
+            ret = reopen_one(bs->file, true, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        ret = reopen_one(bs, true, err);
+        if (ret < 0) {
+            return ret;
+        }
+    } else {
+        ret = reopen_one(bs, false, err);
+        if (ret < 0) {
+            return ret;
+        }
+        if (bs->file && !bs->file->explicit_ro) {
+            reopen_one(bs->file, false, NULL);
+        }
+    }
+    if (bs->file) {
+        ret = perm_refresh(bs->file, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* ---- buffers and sync helpers ------------------------------------------ */
+
+void *bdev_buf_alloc(size_t bytes)
+{
+    void *p = NULL;
+
+    if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0) {
+        return NULL;
+    }
+    return p;
+}
+
+void bdev_buf_free(void *buf)
+{
+    free(buf);
+}
+
+int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,
+                          void *buf)
+{
+    if (!child->drv->pread_sync) {
+        return -ENOTSUP;
+    }
+    return child->drv->pread_sync(child, off, n, buf);
+}
+
+int bdev_child_pwrite_sync(struct bdev *child, uint64_t off, uint64_t n,
+                           const void *buf)
+{
+    if (child->read_only) {
+        return -EPERM;
+    }
+    if (!child->drv->pwrite_sync) {
+        return -ENOTSUP;
+    }
+    return child->drv->pwrite_sync(child, off, n, buf);
+}
+
+int bdev_child_flush_sync(struct bdev *child)
+{
+    if (child->cache_no_flush || !child->drv->flush_sync) {
+        return 0;
+    }
+    return child->drv->flush_sync(child);
+}
+
+/* ---- blkdebug events ----------------------------------------------------- */
+
+void bdev_debug_event(struct bdev *child, enum bdev_debug_event ev)
+{
+    /* Events go to the first blkdebug at or below the child. */
+    for (struct bdev *bs = child; bs; bs = bs->file) {
+        if (bs->drv->debug_event) {
+            bs->drv->debug_event(bs, ev);
+            return;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+/* blockdev-add, blockdev-del and query-named-block-nodes: schema (QEMU
+ * 7.2's BlockdevOptions for the drivers we have) and handlers. */
+#include "backends/bdev_int.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "protocol/qmp.h"
+
+static const char schema[] =
+    "["
+    "{'enum': 'BlockdevDriver',"
+    " 'data': ['blkdebug', 'file', 'null-co', 'qcow2', 'raw']},"
+    "{'enum': 'BlockdevDiscardOptions', 'data': ['ignore', 'unmap']},"
+    "{'enum': 'BlockdevDetectZeroesOptions', 'data': ['off', 'on', 'unmap']},"
+    "{'enum': 'BlockdevAioOptions', 'data': ['threads', 'native', "
+    "'io_uring']},"
+    "{'enum': 'OnOffAuto', 'data': ['auto', 'on', 'off']},"
+    "{'struct': 'BlockdevCacheOptions',"
+    " 'data': {'*direct': 'bool', '*no-flush': 'bool'}},"
+    "{'struct': 'BlockdevOptionsFile',"
+    " 'data': {'filename': 'str', '*pr-manager': 'str',"
+    "          '*aio': 'BlockdevAioOptions', '*aio-max-batch': 'int',"
+    "          '*locking': 'OnOffAuto', '*drop-cache': 'bool',"
+    "          '*x-check-cache-dropped': 'bool'}},"
+    "{'alternate': 'BlockdevRef',"
+    " 'data': {'definition': 'BlockdevOptions', 'reference': 'str'}},"
+    "{'alternate': 'BlockdevRefOrNull',"
+    " 'data': {'definition': 'BlockdevOptions', 'reference': 'str',"
+    "          'null': 'null'}},"
+    "{'struct': 'BlockdevOptionsGenericFormat', 'data': {'file': "
+    "'BlockdevRef'}},"
+    "{'struct': 'BlockdevOptionsGenericCOWFormat',"
+    " 'base': 'BlockdevOptionsGenericFormat',"
+    " 'data': {'*backing': 'BlockdevRefOrNull'}},"
+    "{'struct': 'BlockdevOptionsRaw', 'base': 'BlockdevOptionsGenericFormat',"
+    " 'data': {'*offset': 'int', '*size': 'int'}},"
+    "{'struct': 'BlockdevOptionsNull',"
+    " 'data': {'*size': 'int', '*latency-ns': 'uint64',"
+    "          '*read-zeroes': 'bool'}},"
+    "{'enum': 'BlkdebugEvent',"
+    " 'data': ['l1_update', 'l1_grow_alloc_table', 'l1_grow_write_table',"
+    "          'l1_grow_activate_table', 'l2_load', 'l2_update',"
+    "          'l2_update_compressed', 'l2_alloc_cow_read', 'l2_alloc_write',"
+    "          'read_aio', 'read_backing_aio', 'read_compressed', "
+    "'write_aio',"
+    "          'write_compressed', 'vmstate_load', 'vmstate_save', "
+    "'cow_read',"
+    "          'cow_write', 'reftable_load', 'reftable_grow', "
+    "'reftable_update',"
+    "          'refblock_load', 'refblock_update', 'refblock_update_part',"
+    "          'refblock_alloc', 'refblock_alloc_hookup',"
+    "          'refblock_alloc_write', 'refblock_alloc_write_blocks',"
+    "          'refblock_alloc_write_table', 'refblock_alloc_switch_table',"
+    "          'cluster_alloc', 'cluster_alloc_bytes', 'cluster_free',"
+    "          'flush_to_os', 'flush_to_disk', 'pwritev_rmw_head',"
+    "          'pwritev_rmw_after_head', 'pwritev_rmw_tail',"
+    "          'pwritev_rmw_after_tail', 'pwritev', 'pwritev_zero',"
+    "          'pwritev_done', 'empty_image_prepare', "
+    "'l1_shrink_write_table',"
+    "          'l1_shrink_free_l2_clusters', 'cor_write', "
+    "'cluster_alloc_space',"
+    "          'none']},"
+    "{'enum': 'BlkdebugIOType',"
+    " 'data': ['read', 'write', 'write-zeroes', 'discard', 'flush',"
+    "          'block-status']},"
+    "{'struct': 'BlkdebugInjectErrorOptions',"
+    " 'data': {'event': 'BlkdebugEvent', '*state': 'int',"
+    "          '*iotype': 'BlkdebugIOType', '*errno': 'int', '*sector': "
+    "'int',"
+    "          '*once': 'bool', '*immediately': 'bool'}},"
+    "{'struct': 'BlkdebugSetStateOptions',"
+    " 'data': {'event': 'BlkdebugEvent', '*state': 'int', 'new_state': "
+    "'int'}},"
+    "{'enum': 'BlockPermission',"
+    " 'data': ['consistent-read', 'write', 'write-unchanged', 'resize']},"
+    "{'struct': 'BlockdevOptionsBlkdebug',"
+    " 'data': {'image': 'BlockdevRef', '*config': 'str', '*align': 'int',"
+    "          '*max-transfer': 'int32', '*opt-write-zero': 'int32',"
+    "          '*max-write-zero': 'int32', '*opt-discard': 'int32',"
+    "          '*max-discard': 'int32',"
+    "          '*inject-error': ['BlkdebugInjectErrorOptions'],"
+    "          '*set-state': ['BlkdebugSetStateOptions'],"
+    "          '*take-child-perms': ['BlockPermission'],"
+    "          '*unshare-child-perms': ['BlockPermission']}},"
+    "{'enum': 'Qcow2OverlapCheckMode',"
+    " 'data': ['none', 'constant', 'cached', 'all']},"
+    "{'struct': 'Qcow2OverlapCheckFlags',"
+    " 'data': {'*template': 'Qcow2OverlapCheckMode', '*main-header': 'bool',"
+    "          '*active-l1': 'bool', '*active-l2': 'bool',"
+    "          '*refcount-table': 'bool', '*refcount-block': 'bool',"
+    "          '*snapshot-table': 'bool', '*inactive-l1': 'bool',"
+    "          '*inactive-l2': 'bool', '*bitmap-directory': 'bool'}},"
+    "{'alternate': 'Qcow2OverlapChecks',"
+    " 'data': {'flags': 'Qcow2OverlapCheckFlags',"
+    "          'mode': 'Qcow2OverlapCheckMode'}},"
+    "{'enum': 'BlockdevQcow2EncryptionFormat', 'data': ['aes', 'luks']},"
+    "{'struct': 'QCryptoBlockOptionsQCow', 'data': {'*key-secret': 'str'}},"
+    "{'struct': 'QCryptoBlockOptionsLUKS', 'data': {'*key-secret': 'str'}},"
+    "{'union': 'BlockdevQcow2Encryption',"
+    " 'base': {'format': 'BlockdevQcow2EncryptionFormat'},"
+    " 'discriminator': 'format',"
+    " 'data': {'aes': 'QCryptoBlockOptionsQCow',"
+    "          'luks': 'QCryptoBlockOptionsLUKS'}},"
+    "{'struct': 'BlockdevOptionsQcow2',"
+    " 'base': 'BlockdevOptionsGenericCOWFormat',"
+    " 'data': {'*lazy-refcounts': 'bool', '*pass-discard-request': 'bool',"
+    "          '*pass-discard-snapshot': 'bool',"
+    "          '*pass-discard-other': 'bool',"
+    "          '*overlap-check': 'Qcow2OverlapChecks', '*cache-size': 'int',"
+    "          '*l2-cache-size': 'int', '*l2-cache-entry-size': 'int',"
+    "          '*refcount-cache-size': 'int', '*cache-clean-interval': "
+    "'int',"
+    "          '*encrypt': 'BlockdevQcow2Encryption',"
+    "          '*data-file': 'BlockdevRef'}},"
+    "{'union': 'BlockdevOptions',"
+    " 'base': {'driver': 'BlockdevDriver', '*node-name': 'str',"
+    "          '*discard': 'BlockdevDiscardOptions',"
+    "          '*cache': 'BlockdevCacheOptions', '*read-only': 'bool',"
+    "          '*auto-read-only': 'bool', '*force-share': 'bool',"
+    "          '*detect-zeroes': 'BlockdevDetectZeroesOptions'},"
+    " 'discriminator': 'driver',"
+    " 'data': {'blkdebug': 'BlockdevOptionsBlkdebug',"
+    "          'file': 'BlockdevOptionsFile',"
+    "          'null-co': 'BlockdevOptionsNull',"
+    "          'qcow2': 'BlockdevOptionsQcow2',"
+    "          'raw': 'BlockdevOptionsRaw'}},"
+    "{'struct': 'ImageInfo',"
+    " 'data': {'filename': 'str', 'format': 'str', '*dirty-flag': 'bool',"
+    "          '*actual-size': 'int', 'virtual-size': 'int',"
+    "          '*cluster-size': 'int', '*encrypted': 'bool',"
+    "          '*compressed': 'bool', '*backing-filename': 'str',"
+    "          '*full-backing-filename': 'str',"
+    "          '*backing-filename-format': 'str',"
+    "          '*backing-image': 'ImageInfo', '*format-specific': 'any'}},"
+    "{'struct': 'BlockdevCacheInfo',"
+    " 'data': {'writeback': 'bool', 'direct': 'bool', 'no-flush': 'bool'}},"
+    "{'struct': 'BlockDeviceInfo',"
+    " 'data': {'file': 'str', '*node-name': 'str', 'ro': 'bool', 'drv': "
+    "'str',"
+    "          '*backing_file': 'str', 'backing_file_depth': 'int',"
+    "          'encrypted': 'bool',"
+    "          'detect_zeroes': 'BlockdevDetectZeroesOptions',"
+    "          'bps': 'int', 'bps_rd': 'int', 'bps_wr': 'int', 'iops': 'int',"
+    "          'iops_rd': 'int', 'iops_wr': 'int', 'image': 'ImageInfo',"
+    "          'cache': 'BlockdevCacheInfo', 'write_threshold': 'int'}},"
+    "{'command': 'blockdev-add', 'data': 'BlockdevOptions', 'boxed': true},"
+    "{'command': 'blockdev-del', 'data': {'node-name': 'str'}},"
+    "{'command': 'query-named-block-nodes', 'data': {'*flat': 'bool'},"
+    " 'returns': ['BlockDeviceInfo']}"
+    "]";
+
+/* The node query-named-block-nodes shows under `bs` as its backing: the
+ * real backing, or the filtered child of a filter (blkdebug), like qsd. */
+static struct bdev *shown_backing(const struct bdev *bs)
+{
+    if (bs->backing) {
+        return bs->backing;
+    }
+    if (bs->drv->debug_event && bs->file) {
+        return bs->file;
+    }
+    return NULL;
+}
+
+/* Allocated bytes on disk, or -1 where QEMU reports none (blkdebug). */
+static int64_t actual_size(const struct bdev *bs)
+{
+    struct stat sb;
+
+    if (strcmp(bs->drv->name, "file") == 0) {
+        if (stat(bs->filename, &sb) < 0) {
+            return -1;
+        }
+        return (int64_t)sb.st_blocks * 512;
+    }
+    if (strcmp(bs->drv->name, "null-co") == 0) {
+        return 0;
+    }
+    if (bs->drv->is_format && bs->file) {
+        return actual_size(bs->file);
+    }
+    return -1;
+}
+
+static void move_key(json_t *dst, json_t *src, const char *key)
+{
+    json_t *v = json_object_get(src, key);
+
+    if (v) {
+        json_object_set(dst, key, v);
+        json_object_del(src, key);
+    }
+}
+
+static json_t *image_info(struct bdev *bs, bool flat)
+{
+    json_t *img = json_object(), *drv = json_object();
+    struct bdev *b = shown_backing(bs);
+    int64_t asz = actual_size(bs);
+    const char *k;
+    json_t *v;
+
+    if (bs->drv->info) {
+        bs->drv->info(bs, drv);
+    }
+    if (!flat && b) {
+        json_object_set_new(img, "backing-image", image_info(b, false));
+    }
+    move_key(img, drv, "backing-filename-format");
+    json_object_set_new(img, "virtual-size", json_integer(bdev_length(bs)));
+    json_object_set_new(img, "filename", json_string(bdev_filename(bs)));
+    if (json_object_get(drv, "cluster-size")) {
+        move_key(img, drv, "cluster-size");
+    } else if (bs->cluster_size) {
+        json_object_set_new(img, "cluster-size",
+                            json_integer(bs->cluster_size));
+    }
+    json_object_set_new(img, "format", json_string(bs->drv->name));
+    if (asz >= 0) {
+        json_object_set_new(img, "actual-size", json_integer(asz));
+    }
+    move_key(img, drv, "format-specific");
+    move_key(img, drv, "full-backing-filename");
+    move_key(img, drv, "backing-filename");
+    if (json_object_get(drv, "dirty-flag")) {
+        move_key(img, drv, "dirty-flag");
+    } else if (strcmp(bs->drv->name, "null-co") != 0) {
+        json_object_set_new(img, "dirty-flag", json_false());
+    }
+    json_object_foreach(drv, k, v) {
+        json_object_set(img, k, v);
+    }
+    json_decref(drv);
+    return img;
+}
+
+static json_t *device_info(struct bdev *bs, bool flat)
+{
+    json_t *o = json_object();
+    int depth = 0;
+
+    if (!flat) {
+        for (struct bdev *b = shown_backing(bs); b; b = shown_backing(b)) {
+            depth++;
+        }
+    }
+    json_object_set_new(o, "iops_rd", json_integer(0));
+    json_object_set_new(
+        o, "detect_zeroes",
+        json_string(bs->detect_zeroes ? bs->detect_zeroes : "off"));
+    json_object_set_new(o, "image", image_info(bs, flat));
+    json_object_set_new(o, "iops_wr", json_integer(0));
+    json_object_set_new(o, "ro", json_boolean(bs->read_only));
+    json_object_set_new(o, "node-name", json_string(bs->node_name));
+    json_object_set_new(o, "backing_file_depth", json_integer(depth));
+    json_object_set_new(o, "drv", json_string(bs->drv->name));
+    json_object_set_new(o, "iops", json_integer(0));
+    json_object_set_new(o, "bps_wr", json_integer(0));
+    json_object_set_new(o, "write_threshold", json_integer(0));
+    if (bs->backing) {
+        json_object_set_new(o, "backing_file",
+                            json_string(bdev_filename(bs->backing)));
+    }
+    json_object_set_new(o, "encrypted", json_false());
+    json_object_set_new(o, "bps", json_integer(0));
+    json_object_set_new(o, "bps_rd", json_integer(0));
+    json_object_set_new(o, "cache",
+                        json_pack("{s:b, s:b, s:b}", "no-flush",
+                                  bs->cache_no_flush, "direct",
+                                  bs->cache_direct, "writeback", 1));
+    json_object_set_new(o, "file", json_string(bdev_filename(bs)));
+    return o;
+}
+
+static json_t *qmp_query_named_block_nodes(json_t *args, struct qmp_session *s,
+                                           struct qmp_error *err)
+{
+    bool flat = json_is_true(json_object_get(args, "flat"));
+    json_t *list = json_array();
+
+    (void)s;
+    (void)err;
+    for (struct bdev *bs = bdev_all_nodes(); bs; bs = bs->next) {
+        json_array_append_new(list, device_info(bs, flat));
+    }
+    return list;
+}
+
+static json_t *qmp_blockdev_add(json_t *args, struct qmp_session *s,
+                                struct qmp_error *err)
+{
+    struct bdev *bs;
+
+    (void)s;
+    bs = bdev_open_node(args, true, err);
+    if (!bs) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *qmp_blockdev_del(json_t *args, struct qmp_session *s,
+                                struct qmp_error *err)
+{
+    const char *name = json_string_value(json_object_get(args, "node-name"));
+    struct bdev *bs = name ? bdev_find(name) : NULL;
+
+    (void)s;
+    if (!bs) {
+        qmp_error_setg(err, "Failed to find node with node-name='%s'",
+                       name ? name : "");
+        return NULL;
+    }
+    if (bs->claimed_by) {
+        qmp_error_setg(err,
+                       "Node '%s' is busy: block device is in use by block "
+                       "job: %s",
+                       bs->node_name, bs->claimed_by);
+        return NULL;
+    }
+    if (!bs->monitor_owned) {
+        qmp_error_setg(err, "Node %s is not owned by the monitor",
+                       bs->node_name);
+        return NULL;
+    }
+    if (bs->refcnt > 1 || bs->parents > 0 || bs->in_flight > 0) {
+        qmp_error_setg(err, "Block device %s is in use", bs->node_name);
+        return NULL;
+    }
+    bdev_unref(bs);
+    return json_object();
+}
+
+void bdev_qmp_init(void)
+{
+    qmp_schema_add(schema);
+    qmp_command_register("blockdev-add", qmp_blockdev_add);
+    qmp_command_register("blockdev-del", qmp_blockdev_del);
+    qmp_command_register("query-named-block-nodes",
+                         qmp_query_named_block_nodes);
+}
