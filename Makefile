@@ -48,15 +48,21 @@ all: $(BIN) blockjobd
 blockjobd: $(BIN)
 	@if [ "$(BUILD)" = build ]; then cp $(BIN) $@; fi
 
+# V=1 shows the full commands.
+Q := $(if $(V),,@)
+
 $(BIN): $(LIB_OBJ) $(BUILD)/daemon/main.o
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB_OBJ) $(FAKE_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA) $(LDLIBS)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA) $(LDLIBS)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 

@@ -143,9 +143,23 @@ static void session_quit(void *opaque)
     }
 }
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* A deferred reply went out: read requests again. */
+static void session_resume(void *opaque)
+{
+    struct client *c = opaque;
+
+    if (!c->closing) {
+        uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    }
+}
+
 static const struct qmp_session_ops session_ops = {
     .send = session_send,
     .quit = session_quit,
+    .resume = session_resume,
 };
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -171,6 +185,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0 && !c->closing) {
         qmp_session_feed(c->session, buf->base, (size_t)nread);
+        /* While a reply is deferred, later requests wait: stop reading so
+         * at most one buffer of input is held. */
+        if (!c->closing && qmp_session_busy(c->session)) {
+            uv_read_stop(stream);
+        }
     }
 }
 

@@ -11,6 +11,19 @@
 #include "protocol/json.h"
 #include "protocol/schema.h"
 
+/* Input that arrived while a reply was deferred: values or parse errors,
+ * replayed in order once the reply is out. */
+struct held {
+    json_t *value;
+    char *errdesc;
+    struct held *next;
+};
+
+struct qmp_deferred {
+    struct qmp_session *s; /* NULL once the session is gone */
+    json_t *id;
+};
+
 struct qmp_session {
     const struct qmp_session_ops *ops;
     void *opaque;
@@ -19,6 +32,9 @@ struct qmp_session {
     bool oob;
     bool stopped;
     bool quit_requested;
+    struct qmp_deferred *deferred; /* the reply being waited for */
+    bool deferring;                /* set by qmp_session_defer() */
+    struct held *held, **held_tail;
 };
 
 struct handler {
@@ -276,6 +292,13 @@ static void handle_request(struct qmp_session *s, json_t *req)
 
     json_incref(id);
     ret = dispatch(s, req, &err);
+    if (s->deferring) {
+        s->deferring = false;
+        s->deferred->id = id;
+        qmp_error_clear(&err);
+        json_decref(ret);
+        return;
+    }
     if (!ret) {
         if (!s->negotiated && err.cls == QMP_ERROR_COMMAND_NOT_FOUND) {
             free(err.desc);
@@ -299,6 +322,20 @@ static void handle_request(struct qmp_session *s, json_t *req)
     }
 }
 
+static void hold(struct qmp_session *s, json_t *value, const char *errdesc)
+{
+    struct held *h = calloc(1, sizeof(*h));
+
+    if (!h || (errdesc && !(h->errdesc = strdup(errdesc)))) {
+        abort();
+    }
+    h->value = value;
+    *s->held_tail = h;
+    s->held_tail = &h->next;
+}
+
+static void process(struct qmp_session *s, json_t *value, const char *errdesc);
+
 static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
 {
     struct qmp_session *s = opaque;
@@ -307,6 +344,17 @@ static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
         json_decref(value);
         return;
     }
+    if (s->deferred) {
+        hold(s, value, errdesc);
+        return;
+    }
+    process(s, value, errdesc);
+    json_decref(value);
+}
+
+/* Handles one input item; borrows `value`. */
+static void process(struct qmp_session *s, json_t *value, const char *errdesc)
+{
     if (!value) {
         send_error_text(s, NULL, errdesc);
         return;
@@ -316,7 +364,6 @@ static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
     } else {
         handle_request(s, value);
     }
-    json_decref(value);
 }
 
 struct qmp_session *qmp_session_new(const struct qmp_session_ops *ops,
@@ -329,6 +376,7 @@ struct qmp_session *qmp_session_new(const struct qmp_session_ops *ops,
     }
     s->ops = ops;
     s->opaque = opaque;
+    s->held_tail = &s->held;
     s->stream = qmp_stream_new(max_msg_bytes, on_stream_value, s);
     if (!s->stream) {
         free(s);
@@ -366,9 +414,88 @@ size_t qmp_session_pending(const struct qmp_session *s)
     return qmp_stream_pending(s->stream);
 }
 
+static void drop_held(struct qmp_session *s)
+{
+    while (s->held) {
+        struct held *h = s->held;
+        s->held = h->next;
+        json_decref(h->value);
+        free(h->errdesc);
+        free(h);
+    }
+    s->held_tail = &s->held;
+}
+
+struct qmp_deferred *qmp_session_defer(struct qmp_session *s)
+{
+    struct qmp_deferred *d = calloc(1, sizeof(*d));
+
+    if (!d) {
+        abort();
+    }
+    d->s = s;
+    s->deferred = d;
+    s->deferring = true;
+    return d;
+}
+
+bool qmp_session_busy(const struct qmp_session *s)
+{
+    return s->deferred != NULL;
+}
+
+void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
+                        struct qmp_error *err)
+{
+    struct qmp_session *s = d->s;
+    json_t *msg;
+
+    if (!s || s->stopped) {
+        json_decref(ret);
+        goto out;
+    }
+    s->deferred = NULL;
+    if (ret) {
+        msg = json_object();
+        json_object_set_new(msg, "return", ret);
+        if (d->id) {
+            json_object_set(msg, "id", d->id);
+        }
+        send_value(s, msg);
+    } else {
+        struct qmp_error none = QMP_ERROR_INIT;
+        send_error(s, d->id, err && qmp_error_is_set(err) ? err : &none);
+    }
+    /* Replay what arrived meanwhile, until done or deferred again. */
+    while (s->held && !s->deferred && !s->stopped) {
+        struct held *h = s->held;
+        s->held = h->next;
+        if (!s->held) {
+            s->held_tail = &s->held;
+        }
+        process(s, h->value, h->errdesc);
+        json_decref(h->value);
+        free(h->errdesc);
+        free(h);
+    }
+    if (!s->deferred && !s->stopped && s->ops->resume) {
+        s->ops->resume(s->opaque);
+    }
+out:
+    if (err) {
+        qmp_error_clear(err);
+    }
+    json_decref(d->id);
+    free(d);
+}
+
 void qmp_session_free(struct qmp_session *s)
 {
     if (s) {
+        if (s->deferred) {
+            s->deferred->s = NULL;
+        }
+        drop_held(s);
         qmp_stream_free(s->stream);
         free(s);
     }

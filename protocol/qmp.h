@@ -56,6 +56,9 @@ struct qmp_session_ops {
     void (*send)(void *opaque, const char *line, size_t len);
     /* `quit` was executed (after its reply was sent). */
     void (*quit)(void *opaque);
+    /* A deferred reply went out and queued input was processed: the
+     * caller may read from the client again (optional). */
+    void (*resume)(void *opaque);
 };
 struct qmp_session *qmp_session_new(const struct qmp_session_ops *ops,
                                     void *opaque, size_t max_msg_bytes);
@@ -69,6 +72,20 @@ bool qmp_session_negotiated(const struct qmp_session *s);
 /* Bytes held for an incomplete message. */
 size_t qmp_session_pending(const struct qmp_session *s);
 void qmp_session_free(struct qmp_session *s);
+
+/* Deferred replies, for commands whose effects (and events) must all be
+ * out before the reply but need asynchronous work. A handler calls
+ * qmp_session_defer() and returns NULL without setting `err`; later the
+ * work's callback calls qmp_deferred_reply() exactly once. Meanwhile the
+ * session processes no further request of this client (commands run in
+ * order): input already read is queued, and qmp_session_busy() tells the
+ * caller to stop reading. If the client went away, the reply is dropped. */
+struct qmp_deferred;
+struct qmp_deferred *qmp_session_defer(struct qmp_session *s);
+/* Steals `ret`; `err` (may be NULL) is used when ret is NULL and cleared. */
+void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
+                        struct qmp_error *err);
+bool qmp_session_busy(const struct qmp_session *s);
 
 /* Registers qmp_capabilities, query-version, query-commands,
  * query-qmp-schema and quit. */
