@@ -527,8 +527,7 @@ static void set_default_filename(struct bdev *bs)
         return;
     }
     if (bs->file) {
-        char *enc =
-            json_dumps(bs->full_opts, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        char *enc = json_dumps(bs->full_opts, JSON_PRESERVE_ORDER);
 
         if (enc && asprintf(&s, "json:%s", enc) >= 0) {
             bs->filename = s;
