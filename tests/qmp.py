@@ -40,6 +40,7 @@ class Daemon:
 
     def __init__(self, args=(), sock=None, workdir=None, wrapper=True):
         self.workdir = workdir or tempfile.mkdtemp(prefix="bjd-")
+        os.makedirs(self.workdir, exist_ok=True)
         self.sock = sock or os.path.join(self.workdir, "qmp.sock")
         cmd = []
         wrap = os.environ.get("BLOCKJOBD_WRAPPER") if wrapper else None
