@@ -13,6 +13,9 @@
 #include "daemon/client.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "backends/bdev.h"
+#include "jobs/job.h"
+#include "jobs/job_qmp.h"
 #include "protocol/json.h"
 #include "protocol/qmp.h"
 
@@ -187,6 +190,15 @@ static void close_leftover(uv_handle_t *h, void *arg)
     }
 }
 
+/* Jobs have stopped at a consistent point: close the images (flushing
+ * them), then let the loop end. */
+static void on_jobs_stopped(void *opaque)
+{
+    (void)opaque;
+    bdev_close_all();
+    uv_walk(uv_default_loop(), close_leftover, NULL);
+}
+
 static void daemon_shutdown(const char *why)
 {
     if (shutting_down) {
@@ -200,7 +212,7 @@ static void daemon_shutdown(const char *why)
     client_close_all();
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_walk(uv_default_loop(), close_leftover, NULL);
+    job_shutdown(on_jobs_stopped, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -232,6 +244,14 @@ int main(int argc, char **argv)
 
     qmp_set_version(7, 2, 22, "blockjobd " BLOCKJOBD_VERSION);
     qmp_core_init();
+    ret = bdev_init(loop);
+    if (ret < 0) {
+        log_msg(LOG_LVL_ERROR, "cannot set up the I/O engine: %s",
+                strerror(-ret));
+        return 1;
+    }
+    bdev_qmp_init();
+    job_qmp_init();
     qmp_event_set_sink(event_sink, NULL);
     client_quit_hook = on_quit;
 
