@@ -190,13 +190,23 @@ static void close_leftover(uv_handle_t *h, void *arg)
     }
 }
 
-/* Jobs have stopped at a consistent point: close the images (flushing
- * them), then let the loop end. */
+static uv_timer_t close_timer;
+
+static void close_images(uv_timer_t *t)
+{
+    (void)t;
+    bdev_close_all();
+    uv_walk(uv_default_loop(), close_leftover, NULL);
+}
+
+/* Jobs have stopped at a consistent point. Close the images (flushing
+ * them) from a fresh loop iteration, once the jobs' own callbacks have
+ * returned and dropped their node references; then let the loop end. */
 static void on_jobs_stopped(void *opaque)
 {
     (void)opaque;
-    bdev_close_all();
-    uv_walk(uv_default_loop(), close_leftover, NULL);
+    uv_timer_init(uv_default_loop(), &close_timer);
+    uv_timer_start(&close_timer, close_images, 0, 0);
 }
 
 static void daemon_shutdown(const char *why)
