@@ -500,6 +500,59 @@ static struct bdev *open_child(json_t *ref, const struct inherit *inh,
     return child;
 }
 
+/* QEMU's QDict: 512 buckets by tdb_hash, iterated in bucket order, newest
+ * entry first within a bucket. */
+static unsigned qdict_bucket(const char *key)
+{
+    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
+
+    for (size_t i = 0; key[i]; i++) {
+        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512;
+}
+
+static json_t *qdict_ordered(json_t *o)
+{
+    json_t *out, *v;
+    const char *k;
+
+    if (!json_is_object(o)) {
+        return json_incref(o);
+    }
+    out = json_object();
+    for (unsigned b = 0; b < 512; b++) {
+        const char *keys[64];
+        size_t n = 0;
+
+        json_object_foreach(o, k, v) {
+            if (qdict_bucket(k) == b && n < 64) {
+                keys[n++] = k;
+            }
+        }
+        while (n > 0) {
+            n--;
+            json_object_set_new(out, keys[n],
+                                qdict_ordered(json_object_get(o, keys[n])));
+        }
+    }
+    return out;
+}
+
+char *bdev_json_filename(json_t *opts)
+{
+    json_t *ordered = qdict_ordered(opts);
+    char *enc = json_dumps(ordered, JSON_PRESERVE_ORDER);
+    char *s = NULL;
+
+    json_decref(ordered);
+    if (enc && asprintf(&s, "json:%s", enc) < 0) {
+        s = NULL;
+    }
+    free(enc);
+    return s;
+}
+
 static json_t *default_full_opts(struct bdev *bs)
 {
     json_t *o = json_object();
@@ -513,8 +566,6 @@ static json_t *default_full_opts(struct bdev *bs)
 
 static void set_default_filename(struct bdev *bs)
 {
-    char *s = NULL;
-
     if (!bs->full_opts) {
         bs->full_opts = default_full_opts(bs);
     }
@@ -527,12 +578,7 @@ static void set_default_filename(struct bdev *bs)
         return;
     }
     if (bs->file) {
-        char *enc = json_dumps(bs->full_opts, JSON_PRESERVE_ORDER);
-
-        if (enc && asprintf(&s, "json:%s", enc) >= 0) {
-            bs->filename = s;
-        }
-        free(enc);
+        bs->filename = bdev_json_filename(bs->full_opts);
     }
 }
 

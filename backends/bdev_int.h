@@ -151,6 +151,10 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
 /* Opens a node from BlockdevOptions (blockdev-add). monitor: owned by the
  * monitor (needs node-name) rather than implicit. Returns a referenced node. */
 struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
+/* "json:{...}" pseudo-filename of an options object, keys in the order
+ * QEMU's QDict iterates them (by hash bucket), so names match qsd's.
+ * malloc'd. */
+char *bdev_json_filename(json_t *opts);
 /* The newest node; follow ->next for the rest (query order). */
 struct bdev *bdev_all_nodes(void);
 /* Tests: an extra driver found by name (up to 4). */

@@ -285,7 +285,6 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     size_t i;
     const char *k;
     json_t *v;
-    char *enc, *name = NULL;
 
     s->state = 1;
     if (json_object_get(opts, "config")) {
@@ -328,11 +327,7 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         }
     }
     bs->full_opts = fo;
-    enc = json_dumps(fo, JSON_PRESERVE_ORDER);
-    if (enc && asprintf(&name, "json:%s", enc) >= 0) {
-        bs->filename = name;
-    }
-    free(enc);
+    bs->filename = bdev_json_filename(fo);
     return 0;
 
 fail:

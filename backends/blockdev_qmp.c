@@ -184,6 +184,15 @@ static int64_t actual_size(const struct bdev *bs)
     return -1;
 }
 
+/* null-co has no image info: neither has a format right on top of it. */
+static bool on_null(const struct bdev *bs)
+{
+    while (bs->drv->is_format && bs->file) {
+        bs = bs->file;
+    }
+    return strcmp(bs->drv->name, "null-co") == 0;
+}
+
 static void move_key(json_t *dst, json_t *src, const char *key)
 {
     json_t *v = json_object_get(src, key);
@@ -209,7 +218,11 @@ static json_t *image_info(struct bdev *bs, bool flat)
         json_object_set_new(img, "backing-image", image_info(b, false));
     }
     move_key(img, drv, "backing-filename-format");
-    json_object_set_new(img, "virtual-size", json_integer(bdev_length(bs)));
+    /* QEMU counts lengths in 512-byte sectors: a file's is rounded up. */
+    json_object_set_new(img, "virtual-size",
+                        json_integer(strcmp(bs->drv->name, "file") == 0
+                                         ? (bdev_length(bs) + 511) / 512 * 512
+                                         : bdev_length(bs)));
     json_object_set_new(img, "filename", json_string(bdev_filename(bs)));
     if (json_object_get(drv, "cluster-size")) {
         move_key(img, drv, "cluster-size");
@@ -226,7 +239,7 @@ static json_t *image_info(struct bdev *bs, bool flat)
     move_key(img, drv, "backing-filename");
     if (json_object_get(drv, "dirty-flag")) {
         move_key(img, drv, "dirty-flag");
-    } else if (strcmp(bs->drv->name, "null-co") != 0) {
+    } else if (!on_null(bs)) {
         json_object_set_new(img, "dirty-flag", json_false());
     }
     json_object_foreach(drv, k, v) {

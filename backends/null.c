@@ -36,8 +36,18 @@ static int null_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     st->size = size ? (uint64_t)json_integer_value(size) : 1073741824ull;
     st->latency_ns = lat ? (uint64_t)json_integer_value(lat) : 0;
     st->read_zeroes = json_is_true(json_object_get(opts, "read-zeroes"));
-    bs->filename = strdup("null-co://");
     bs->full_opts = json_pack("{s:s}", "driver", "null-co");
+    if (size) {
+        json_object_set(bs->full_opts, "size", size);
+    }
+    if (json_object_get(opts, "read-zeroes")) {
+        json_object_set(bs->full_opts, "read-zeroes",
+                        json_object_get(opts, "read-zeroes"));
+    }
+    /* QEMU names it by URL unless an option changes what it reads. */
+    bs->filename = json_object_size(bs->full_opts) > 1
+                       ? bdev_json_filename(bs->full_opts)
+                       : strdup("null-co://");
     return 0;
 }
 

@@ -670,6 +670,22 @@ static bool have(const char *tool)
     return system(cmd) == 0;
 }
 
+/* Someone holds QEMU's "unshared write" byte (201) of the image. */
+static bool write_lock_held(const char *path)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 201, .l_len = 1};
+    int fd = open(path, O_RDONLY);
+    bool held;
+
+    if (fd < 0) {
+        return false;
+    }
+    held = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+    close(fd);
+    return held;
+}
+
 static void test_locks(void **state)
 {
     char dir[] = "/var/tmp/bdevlock.XXXXXX";
@@ -707,14 +723,12 @@ static void test_locks(void **state)
     snprintf(cmd, sizeof(cmd), "qemu-io %s", img);
     io = popen(cmd, "w"); /* waits on its stdin while holding the image */
     assert_non_null(io);
-    for (int i = 0; i < 200; i++) {
-        /* Wait until qemu-io has the image open (its lock is visible). */
-        snprintf(cmd, sizeof(cmd), "qemu-img info %s >/dev/null 2>&1", img);
-        if (system(cmd) != 0) {
-            break;
-        }
+    /* Wait until qemu-io holds its lock bytes; looking with F_OFD_GETLK
+     * takes no lock, so it cannot disturb qemu-io's own start-up. */
+    for (int i = 0; i < 3000 && !write_lock_held(img); i++) {
         usleep(10000);
     }
+    assert_true(write_lock_held(img));
     snprintf(cmd, sizeof(cmd),
              "{'driver': 'qcow2', 'node-name': 'q', 'file': {'driver': "
              "'file', 'filename': '%s'}}",
