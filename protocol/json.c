@@ -125,14 +125,13 @@ static const uint8_t lex_table[L_NSTATES][256] = {
         },
     [L_SQ_ESC] = {[0x20 ... 0xFD] = L_SQ},
     /* A leading zero may not be followed by more digits ("01" is an
-     * error, not two tokens). */
+     * error, not two tokens). QEMU also takes no exponent right after a
+     * lone zero: "0e5" is the integer 0 followed by the word "e". */
     [L_ZERO] =
         {
             ENDS_WITH(T_INTEGER),
             ['0' ... '9'] = L_ERROR,
             ['.'] = L_DOT,
-            ['e'] = L_EXP_E,
-            ['E'] = L_EXP_E,
         },
     [L_MINUS] =
         {

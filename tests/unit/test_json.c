@@ -224,6 +224,11 @@ static void test_errors_stray(void **state)
     check("-x ", PE "stray '-x'\n");
     check("1.x ", PE "stray '1.x'\n");
     check("1e ", PE "stray '1e '\n");
+    /* no exponent right after a lone zero, as in QEMU */
+    check("0E5 ", "V 0\n" PE "stray 'E'\n");
+    check("[0e5]", PE "expected separator in list\n");
+    check("-01 ", PE "stray '-01'\n");
+    check("[0.0e5, -0.5E-1]", "V [0, -0.050000000000000003]\n");
     check("tru\x01"
           "e",
           PE "invalid keyword 'tru'\n" PE "stray '\x01'\n");
