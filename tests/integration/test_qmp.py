@@ -101,9 +101,9 @@ def test_parse_errors_keep_the_connection():
                     raw, r)
             assert "return" in c.cmd("query-version"), raw
         c.send_raw(b"\xff\xfe")
-        r = c.recv()
-        assert r["error"]["desc"].startswith("JSON parse error"), r
-        assert "return" in c.cmd("query-version")
+        errs = c.sync()
+        assert errs == [{"error": {"class": GENERIC, "desc":
+                                   "JSON parse error, stray '\ufffd'"}}] * 2, errs
 
 
 def test_framing_split_and_batched():
