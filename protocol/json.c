@@ -1270,11 +1270,66 @@ static int encode_scalar(struct bytes *out, const json_t *v)
     }
 }
 
+/* One member of an object being written, in output order. */
+struct enc_member {
+    void *iter;
+    uint32_t bucket; /* QDict order only */
+    uint32_t seq;    /* insertion position */
+};
+
 struct enc_frame {
     json_t *container;
-    void *iter;   /* objects */
-    size_t index; /* arrays */
+    struct enc_member *members; /* objects */
+    size_t index, count;
 };
+
+/* QEMU's QDict hashes keys into 512 buckets (the tdb/gdbm hash), iterates
+ * the buckets in order and each bucket newest entry first. Every object
+ * QEMU prints is a QDict, so this is the member order on qsd's wire. */
+static uint32_t qdict_bucket(const char *key)
+{
+    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
+    size_t i;
+
+    for (i = 0; key[i]; i++) {
+        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    }
+    return (1103515243u * v + 12345u) % 512;
+}
+
+static int qdict_member_cmp(const void *a, const void *b)
+{
+    const struct enc_member *x = a, *y = b;
+
+    if (x->bucket != y->bucket) {
+        return x->bucket < y->bucket ? -1 : 1;
+    }
+    return x->seq > y->seq ? -1 : x->seq < y->seq;
+}
+
+/* Lists the members of a non-empty object in output order. */
+static struct enc_member *object_members(json_t *obj, size_t n, bool qdict)
+{
+    struct enc_member *m = calloc(n, sizeof(*m));
+    void *iter = json_object_iter(obj);
+    size_t i;
+
+    if (!m) {
+        return NULL;
+    }
+    for (i = 0; i < n && iter; i++) {
+        m[i].iter = iter;
+        m[i].seq = (uint32_t)i;
+        if (qdict) {
+            m[i].bucket = qdict_bucket(json_object_iter_key(iter));
+        }
+        iter = json_object_iter_next(obj, iter);
+    }
+    if (qdict) {
+        qsort(m, n, sizeof(*m), qdict_member_cmp);
+    }
+    return m;
+}
 
 /* Writes the key of the member at iter and ": ". */
 static int encode_key(struct bytes *out, void *iter)
@@ -1286,7 +1341,7 @@ static int encode_key(struct bytes *out, void *iter)
     return bytes_add(out, ": ", 2);
 }
 
-char *qmp_json_encode(const json_t *value, size_t *len)
+static char *encode(const json_t *value, size_t *len, bool qdict)
 {
     struct bytes out = {0};
     struct enc_frame *stack = NULL, *top;
@@ -1300,10 +1355,11 @@ char *qmp_json_encode(const json_t *value, size_t *len)
     for (;;) {
         /* Write v; containers push a frame and descend into their first
          * element. */
-        bool empty = v && ((json_is_object(v) && !json_object_size(v)) ||
-                           (json_is_array(v) && !json_array_size(v)));
+        size_t n = json_is_object(v)  ? json_object_size(v)
+                   : json_is_array(v) ? json_array_size(v)
+                                      : 0;
 
-        if (v && (json_is_object(v) || json_is_array(v)) && !empty) {
+        if (n > 0) {
             if (depth == cap) {
                 size_t ncap = cap ? cap * 2 : 16;
                 struct enc_frame *ns = realloc(stack, ncap * sizeof(*ns));
@@ -1317,13 +1373,15 @@ char *qmp_json_encode(const json_t *value, size_t *len)
             top = &stack[depth++];
             top->container = v;
             top->index = 0;
+            top->count = n;
+            top->members = NULL;
             if (json_is_object(v)) {
-                top->iter = json_object_iter(v);
-                if (bytes_add(&out, "{", 1) < 0 ||
-                    encode_key(&out, top->iter) < 0) {
+                top->members = object_members(v, n, qdict);
+                if (!top->members || bytes_add(&out, "{", 1) < 0 ||
+                    encode_key(&out, top->members[0].iter) < 0) {
                     goto fail;
                 }
-                v = json_object_iter_value(top->iter);
+                v = json_object_iter_value(top->members[0].iter);
             } else {
                 if (bytes_add(&out, "[", 1) < 0) {
                     goto fail;
@@ -1332,7 +1390,7 @@ char *qmp_json_encode(const json_t *value, size_t *len)
             }
             continue;
         }
-        if (empty) {
+        if (json_is_object(v) || json_is_array(v)) {
             if (bytes_add(&out, json_is_object(v) ? "{}" : "[]", 2) < 0) {
                 goto fail;
             }
@@ -1346,31 +1404,26 @@ char *qmp_json_encode(const json_t *value, size_t *len)
                 goto done;
             }
             top = &stack[depth - 1];
-            if (json_is_object(top->container)) {
-                top->iter = json_object_iter_next(top->container, top->iter);
-                if (top->iter) {
-                    if (bytes_add(&out, ", ", 2) < 0 ||
-                        encode_key(&out, top->iter) < 0) {
-                        goto fail;
-                    }
-                    v = json_object_iter_value(top->iter);
-                    break;
-                }
-                if (bytes_add(&out, "}", 1) < 0) {
+            if (++top->index < top->count) {
+                if (bytes_add(&out, ", ", 2) < 0) {
                     goto fail;
                 }
-            } else {
-                if (++top->index < json_array_size(top->container)) {
-                    if (bytes_add(&out, ", ", 2) < 0) {
+                if (top->members) {
+                    void *iter = top->members[top->index].iter;
+
+                    if (encode_key(&out, iter) < 0) {
                         goto fail;
                     }
+                    v = json_object_iter_value(iter);
+                } else {
                     v = json_array_get(top->container, top->index);
-                    break;
                 }
-                if (bytes_add(&out, "]", 1) < 0) {
-                    goto fail;
-                }
+                break;
             }
+            if (bytes_add(&out, top->members ? "}" : "]", 1) < 0) {
+                goto fail;
+            }
+            free(top->members);
             depth--;
         }
     }
@@ -1383,7 +1436,20 @@ done:
     return out.p;
 
 fail:
+    while (depth > 0) {
+        free(stack[--depth].members);
+    }
     free(stack);
     free(out.p);
     return NULL;
+}
+
+char *qmp_json_encode(const json_t *value, size_t *len)
+{
+    return encode(value, len, false);
+}
+
+char *qmp_json_encode_qdict(const json_t *value, size_t *len)
+{
+    return encode(value, len, true);
 }

@@ -45,5 +45,10 @@ json_t *qmp_json_parse(const char *text, const char **errdesc);
 /* Encodes a value QEMU's way (no trailing newline). Returns a malloc'd,
  * NUL-terminated string; *len (if not NULL) gets its length. */
 char *qmp_json_encode(const json_t *value, size_t *len);
+/* Same, but object members come out in the order QEMU's QDict iterates
+ * them (512 hash buckets in order, newest first within a bucket) whatever
+ * the insertion order: that is the order of every object on qsd's wire,
+ * echoed client ids included. */
+char *qmp_json_encode_qdict(const json_t *value, size_t *len);
 
 #endif

@@ -704,6 +704,49 @@ static void test_encode_deep(void **state)
     json_decref(root);
 }
 
+static void check_encode_qdict(json_t *v, const char *expected)
+{
+    size_t len = 0;
+    char *text = qmp_json_encode_qdict(v, &len);
+
+    assert_non_null(text);
+    assert_string_equal(text, expected);
+    assert_int_equal(len, strlen(expected));
+    free(text);
+    json_decref(v);
+}
+
+/* Orders seen on qsd's wire: the greeting, events, echoed ids. */
+static void test_encode_qdict_order(void **state)
+{
+    const char *err;
+
+    (void)state;
+    check_encode_qdict(
+        json_pack("{s:i, s:i, s:i}", "major", 7, "minor", 2, "micro", 22),
+        "{\"micro\": 22, \"minor\": 2, \"major\": 7}");
+    check_encode_qdict(json_pack("{s:s, s:s, s:{s:s, s:s}}", "data", "x",
+                                 "event", "E", "timestamp", "microseconds", "1",
+                                 "seconds", "2"),
+                       "{\"timestamp\": {\"seconds\": \"2\", "
+                       "\"microseconds\": \"1\"}, \"event\": \"E\", "
+                       "\"data\": \"x\"}");
+    check_encode_qdict(json_pack("{s:i, s:[]}", "id", 1, "return"),
+                       "{\"return\": [], \"id\": 1}");
+    check_encode_qdict(qmp_json_parse("{\"d e\":-1,\"\\u00e9\":'',"
+                                      "\"a\":5e-324,'c':[]}",
+                                      &err),
+                       "{\"\\u00E9\": \"\", \"d e\": -1, \"a\": "
+                       "4.9406564584124654e-324, \"c\": []}");
+    /* "aa" and "aq" share a bucket: newest first, like QEMU */
+    check_encode_qdict(qmp_json_parse("{\"aa\":1,\"aq\":2,\"zz\":3,\"b\":4,"
+                                      "\"\":5}",
+                                      &err),
+                       "{\"\": 5, \"aq\": 2, \"aa\": 1, \"zz\": 3, \"b\": 4}");
+    check_encode_qdict(json_pack("[{}, [{s:i, s:i}]]", "z", 1, "a", 2),
+                       "[{}, [{\"a\": 2, \"z\": 1}]]");
+}
+
 /* What the stream parses, the encoder prints back the same way QEMU does. */
 static void test_roundtrip(void **state)
 {
@@ -752,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_encode_layout),
         cmocka_unit_test(test_encode_strings),
         cmocka_unit_test(test_encode_deep),
+        cmocka_unit_test(test_encode_qdict_order),
         cmocka_unit_test(test_roundtrip),
     };
 
