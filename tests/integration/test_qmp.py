@@ -130,11 +130,15 @@ def test_limits():
         assert r["error"]["desc"] == "JSON nesting depth limit exceeded", r
         # What follows the error is parsed as fresh input.
         c.sync()
-        big = '{"execute": "query-version", "id": "%s"}' % ("x" * (2 << 20))
+        # 2 MiB in 2048 tokens: the message is dropped when it passes the
+        # bound, and what follows is parsed as fresh input (errors only).
+        big = '{"execute": "query-version", "id": [%s]}' % ", ".join(
+            ['"%s"' % ("x" * 1024)] * 2048)
         c.send_raw(big)
         r = c.recv()
         assert r["error"]["desc"] == "JSON token size limit exceeded", r
-        c.sync("after")
+        rest = c.sync("after")
+        assert all("error" in m and "id" not in m for m in rest), rest[:3]
     # The bound can be raised.
     with Daemon(["--max-message-size", str(4 << 20)]) as d:
         c = d.connect()
