@@ -112,35 +112,82 @@ static json_t *version_info(void)
 
 /* ---- output ------------------------------------------------------------ */
 
-/* Encodes a message and hands it to `send` as one CR LF terminated line. */
-static void send_value(struct qmp_session *s, json_t *msg)
+/* Hands one line (CR LF appended) to the session's sender. */
+static void send_line(struct qmp_session *s, const char *parts[], size_t n)
 {
-    size_t len;
-    char *text = qmp_json_encode(msg, &len);
-    char *line = realloc(text, len + 3);
+    size_t len = 0, off = 0;
+    char *line;
 
+    for (size_t i = 0; i < n; i++) {
+        len += strlen(parts[i]);
+    }
+    line = malloc(len + 3);
     if (!line) {
         abort();
     }
-    memcpy(line + len, "\r\n", 3);
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(parts[i]);
+        memcpy(line + off, parts[i], l);
+        off += l;
+    }
+    memcpy(line + off, "\r\n", 3);
     s->ops->send(s->opaque, line, len + 2);
     free(line);
+}
+
+/* Encodes a message and sends it; steals `msg`. */
+static void send_value(struct qmp_session *s, json_t *msg)
+{
+    char *text = qmp_json_encode(msg, NULL);
+    const char *parts[] = {text};
+
+    send_line(s, parts, 1);
+    free(text);
     json_decref(msg);
+}
+
+/* Replies are {"return": R, "id": I} and {"id": I, "error": E}, as qsd
+ * prints them. Our own objects keep their insertion order; a client's id is
+ * echoed in the member order QEMU's QDict gives it. */
+static void send_return(struct qmp_session *s, json_t *id, json_t *ret)
+{
+    char *r = qmp_json_encode(ret, NULL);
+    char *i = id ? qmp_json_encode_qdict(id, NULL) : NULL;
+    const char *parts[] = {"{\"return\": ", r, i ? ", \"id\": " : "",
+                           i ? i : "", "}"};
+
+    send_line(s, parts, 5);
+    free(r);
+    free(i);
+    json_decref(ret);
 }
 
 static void send_error(struct qmp_session *s, json_t *id,
                        const struct qmp_error *err)
 {
-    json_t *msg = json_object();
+    const char *desc = err->desc ? err->desc : "";
+    /* The text may quote client strings: store it unchecked. */
+    json_t *e = json_object();
+    char *etext, *i;
 
-    if (id) {
-        json_object_set(msg, "id", id);
+    json_object_set_new(e, "class",
+                        json_string(qmp_error_class_name(err->cls)));
+    json_object_set_new(e, "desc", json_stringn_nocheck(desc, strlen(desc)));
+    etext = qmp_json_encode(e, NULL);
+    i = id ? qmp_json_encode_qdict(id, NULL) : NULL;
+    {
+        const char *parts[] = {"{",
+                               i ? "\"id\": " : "",
+                               i ? i : "",
+                               i ? ", " : "",
+                               "\"error\": ",
+                               etext,
+                               "}"};
+        send_line(s, parts, 7);
     }
-    json_object_set_new(msg, "error",
-                        json_pack("{s:s, s:s}", "class",
-                                  qmp_error_class_name(err->cls), "desc",
-                                  err->desc ? err->desc : ""));
-    send_value(s, msg);
+    free(etext);
+    free(i);
+    json_decref(e);
 }
 
 static void send_error_text(struct qmp_session *s, json_t *id, const char *desc)
@@ -307,12 +354,7 @@ static void handle_request(struct qmp_session *s, json_t *req)
         }
         send_error(s, id, &err);
     } else {
-        json_t *msg = json_object();
-        json_object_set_new(msg, "return", ret);
-        if (id) {
-            json_object_set(msg, "id", id);
-        }
-        send_value(s, msg);
+        send_return(s, id, ret);
     }
     json_decref(id);
     qmp_error_clear(&err);
@@ -448,7 +490,6 @@ void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
                         struct qmp_error *err)
 {
     struct qmp_session *s = d->s;
-    json_t *msg;
 
     if (!s || s->stopped) {
         json_decref(ret);
@@ -456,12 +497,7 @@ void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
     }
     s->deferred = NULL;
     if (ret) {
-        msg = json_object();
-        json_object_set_new(msg, "return", ret);
-        if (d->id) {
-            json_object_set(msg, "id", d->id);
-        }
-        send_value(s, msg);
+        send_return(s, d->id, ret);
     } else {
         struct qmp_error none = QMP_ERROR_INIT;
         send_error(s, d->id, err && qmp_error_is_set(err) ? err : &none);

@@ -57,6 +57,8 @@ CASES = [
     b'{"execute": "query-version", "id": 9223372036854775807}',
     b'{"execute": "query-version", "id": 99999999999999999999999}',
     b'{"execute": "query-version", "id": [1, [2, {}], "x"]}',
+    b'{"execute": "query-version", "id": {"aa": 1, "aq": 2, "b": [3], "": 5}}',
+    b'{"execute": "nosuch", "id": {"z": 1, "y": {"x": 2, "w": 3}}}',
     b'[' * 1025 + b']' * 1025,
     b'{"execute": "query-version", "id": "\\x"}',
     b'{"execute": "query-version", "id": "\\u12"}',
