@@ -32,6 +32,7 @@ struct qmp_session {
     bool oob;
     bool stopped;
     bool quit_requested;
+    bool readonly;
     struct qmp_deferred *deferred; /* the reply being waited for */
     bool deferring;                /* set by qmp_session_defer() */
     struct held *held, **held_tail;
@@ -312,6 +313,14 @@ static json_t *dispatch(struct qmp_session *s, json_t *req,
         qmp_error_setg(err, "The command %s does not support OOB", command);
         return NULL;
     }
+    if (s->readonly && strcmp(command, "qmp_capabilities") != 0 &&
+        strncmp(command, "query-", 6) != 0) {
+        qmp_error_setg(err,
+                       "The command %s is not allowed on a read-only "
+                       "monitor (only query-* commands are)",
+                       command);
+        return NULL;
+    }
     args = json_object_get(req, "arguments");
     args = args ? json_incref(args) : json_object();
     ret = NULL;
@@ -449,6 +458,11 @@ void qmp_session_stop(struct qmp_session *s)
 bool qmp_session_negotiated(const struct qmp_session *s)
 {
     return s->negotiated;
+}
+
+void qmp_session_set_readonly(struct qmp_session *s, bool readonly)
+{
+    s->readonly = readonly;
 }
 
 size_t qmp_session_pending(const struct qmp_session *s)
@@ -617,8 +631,34 @@ static const char core_schema[] =
     "{'command': 'query-commands', 'returns': ['CommandInfo']},"
     "{'enum': 'SchemaMetaType', 'data': ['builtin', 'enum', 'array',"
     " 'object', 'alternate', 'command', 'event']},"
-    "{'struct': 'SchemaInfo', 'data': {'name': 'str',"
-    " 'meta-type': 'SchemaMetaType', '*features': ['str']}},"
+    "{'enum': 'JSONType', 'data': ['string', 'number', 'int', 'boolean',"
+    " 'null', 'object', 'array', 'value']},"
+    "{'struct': 'SchemaInfoBuiltin', 'data': {'json-type': 'JSONType'}},"
+    "{'struct': 'SchemaInfoEnumMember', 'data': {'name': 'str',"
+    " '*features': ['str']}},"
+    "{'struct': 'SchemaInfoEnum', 'data': {'members':"
+    " ['SchemaInfoEnumMember'], 'values': ['str']}},"
+    "{'struct': 'SchemaInfoArray', 'data': {'element-type': 'str'}},"
+    "{'struct': 'SchemaInfoObjectMember', 'data': {'name': 'str',"
+    " 'type': 'str', '*default': 'any', '*features': ['str']}},"
+    "{'struct': 'SchemaInfoObjectVariant', 'data': {'case': 'str',"
+    " 'type': 'str'}},"
+    "{'struct': 'SchemaInfoObject', 'data': {'members':"
+    " ['SchemaInfoObjectMember'], '*tag': 'str',"
+    " '*variants': ['SchemaInfoObjectVariant']}},"
+    "{'struct': 'SchemaInfoAlternateMember', 'data': {'type': 'str'}},"
+    "{'struct': 'SchemaInfoAlternate', 'data': {'members':"
+    " ['SchemaInfoAlternateMember']}},"
+    "{'struct': 'SchemaInfoCommand', 'data': {'arg-type': 'str',"
+    " 'ret-type': 'str', '*allow-oob': 'bool'}},"
+    "{'struct': 'SchemaInfoEvent', 'data': {'arg-type': 'str'}},"
+    "{'union': 'SchemaInfo', 'base': {'name': 'str',"
+    " 'meta-type': 'SchemaMetaType', '*features': ['str']},"
+    " 'discriminator': 'meta-type', 'data': {"
+    " 'builtin': 'SchemaInfoBuiltin', 'enum': 'SchemaInfoEnum',"
+    " 'array': 'SchemaInfoArray', 'object': 'SchemaInfoObject',"
+    " 'alternate': 'SchemaInfoAlternate', 'command': 'SchemaInfoCommand',"
+    " 'event': 'SchemaInfoEvent'}},"
     "{'command': 'query-qmp-schema', 'returns': ['SchemaInfo']},"
     "{'command': 'quit'},"
     "{'enum': 'ShutdownCause', 'data': ['none', 'host-error', 'host-qmp-quit',"
