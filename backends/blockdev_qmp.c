@@ -133,7 +133,22 @@ static const char schema[] =
     "          '*compressed': 'bool', '*backing-filename': 'str',"
     "          '*full-backing-filename': 'str',"
     "          '*backing-filename-format': 'str',"
-    "          '*backing-image': 'ImageInfo', '*format-specific': 'any'}},"
+    "          '*backing-image': 'ImageInfo',"
+    "          '*format-specific': 'ImageInfoSpecific'}},"
+    "{'enum': 'Qcow2CompressionType', 'data': ['zlib', 'zstd']},"
+    "{'struct': 'ImageInfoSpecificQCow2',"
+    " 'data': {'compat': 'str', '*data-file': 'str',"
+    "          '*data-file-raw': 'bool', '*extended-l2': 'bool',"
+    "          '*lazy-refcounts': 'bool', '*corrupt': 'bool',"
+    "          'refcount-bits': 'int',"
+    "          'compression-type': 'Qcow2CompressionType'}},"
+    "{'struct': 'ImageInfoSpecificQCow2Wrapper',"
+    " 'data': {'data': 'ImageInfoSpecificQCow2'}},"
+    "{'enum': 'ImageInfoSpecificKind', 'data': ['qcow2']},"
+    "{'union': 'ImageInfoSpecific',"
+    " 'base': {'type': 'ImageInfoSpecificKind'},"
+    " 'discriminator': 'type',"
+    " 'data': {'qcow2': 'ImageInfoSpecificQCow2Wrapper'}},"
     "{'struct': 'BlockdevCacheInfo',"
     " 'data': {'writeback': 'bool', 'direct': 'bool', 'no-flush': 'bool'}},"
     "{'struct': 'BlockDeviceInfo',"
@@ -314,32 +329,84 @@ static json_t *qmp_blockdev_add(json_t *args, struct qmp_session *s,
     return json_object();
 }
 
-static json_t *qmp_blockdev_del(json_t *args, struct qmp_session *s,
-                                struct qmp_error *err)
-{
-    const char *name = json_string_value(json_object_get(args, "node-name"));
-    struct bdev *bs = name ? bdev_find(name) : NULL;
+/* blockdev-del of a node with requests in flight (e.g. left by a job that
+ * was just cancelled): like QEMU, wait for them, then delete. The extra
+ * reference held meanwhile makes a second blockdev-del of the same node
+ * fail as "in use" instead of deleting it twice. */
+struct del_op {
+    struct qmp_deferred *d;
+    struct bdev *bs;
+};
 
-    (void)s;
-    if (!bs) {
-        qmp_error_setg(err, "Failed to find node with node-name='%s'",
-                       name ? name : "");
-        return NULL;
-    }
+static int del_check(struct bdev *bs, int extra_refs, struct qmp_error *err)
+{
     if (bs->claimed_by) {
         qmp_error_setg(err,
                        "Node '%s' is busy: block device is in use by block "
                        "job: %s",
                        bs->node_name, bs->claimed_by);
-        return NULL;
+        return -EBUSY;
     }
     if (!bs->monitor_owned) {
         qmp_error_setg(err, "Node %s is not owned by the monitor",
                        bs->node_name);
+        return -EPERM;
+    }
+    if (bs->refcnt > 1 + extra_refs || bs->parents > 0) {
+        qmp_error_setg(err, "Block device %s is in use", bs->node_name);
+        return -EBUSY;
+    }
+    return 0;
+}
+
+static void del_drained(void *opaque, int ret)
+{
+    struct del_op *op = opaque;
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct bdev *bs = op->bs;
+
+    (void)ret;
+    if (del_check(bs, 1, &err) == 0) {
+        bdev_unref(bs); /* the monitor's reference */
+        bdev_unref(bs); /* ours: closes the node */
+        qmp_deferred_reply(op->d, json_object(), NULL);
+    } else {
+        bdev_unref(bs);
+        qmp_deferred_reply(op->d, NULL, &err);
+    }
+    free(op);
+}
+
+static json_t *qmp_blockdev_del(json_t *args, struct qmp_session *s,
+                                struct qmp_error *err)
+{
+    const char *name = json_string_value(json_object_get(args, "node-name"));
+    struct bdev *bs = name ? bdev_find(name) : NULL;
+    struct del_op *op;
+
+    if (!bs) {
+        qmp_error_setg(err, "Failed to find node with node-name='%s'",
+                       name ? name : "");
         return NULL;
     }
-    if (bs->refcnt > 1 || bs->parents > 0 || bs->in_flight > 0) {
-        qmp_error_setg(err, "Block device %s is in use", bs->node_name);
+    if (del_check(bs, 0, err) < 0) {
+        return NULL;
+    }
+    if (bdev_tree_busy(bs)) {
+        op = calloc(1, sizeof(*op));
+        if (!op) {
+            qmp_error_setg(err, "Out of memory");
+            return NULL;
+        }
+        op->bs = bs;
+        bdev_ref(bs);
+        if (bdev_drain(bs, del_drained, op) < 0) {
+            bdev_unref(bs);
+            free(op);
+            qmp_error_setg(err, "Out of memory");
+            return NULL;
+        }
+        op->d = qmp_session_defer(s);
         return NULL;
     }
     bdev_unref(bs);
