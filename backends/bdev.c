@@ -55,6 +55,7 @@ static struct {
     bool idle_init;
     struct later *later_head, *later_tail;
     struct drain_waiter *drains;
+    uint64_t zero_writes_detected;
 } g;
 
 /* ---- deferred calls ---------------------------------------------------- */
@@ -853,6 +854,11 @@ static bool tree_busy(const struct bdev *bs)
     return bs->in_flight > 0 || tree_busy(bs->file) || tree_busy(bs->backing);
 }
 
+bool bdev_tree_busy(const struct bdev *bs)
+{
+    return tree_busy(bs);
+}
+
 static void drain_check(void)
 {
     struct drain_waiter **pp = &g.drains;
@@ -935,6 +941,22 @@ void bdev_req_complete_later(struct bdev_req *req, int ret)
     bdev_call_later(complete_later_cb, l);
 }
 
+static bool buf_is_zero(const void *buf, uint64_t bytes)
+{
+    const unsigned char *p = buf;
+
+    /* Cheap rejection first: most data buffers differ in the first byte. */
+    if (p[0] || p[bytes - 1]) {
+        return false;
+    }
+    return memcmp(p, p + 1, bytes - 1) == 0;
+}
+
+uint64_t bdev_detected_zero_writes(void)
+{
+    return g.zero_writes_detected;
+}
+
 /* A read that crosses the end: the caller's callback for the whole. */
 static int submit(struct bdev *bs, enum bdev_op op, uint64_t offset,
                   uint64_t bytes, void *buf, bdev_cb *cb, void *opaque)
@@ -973,6 +995,16 @@ static int submit(struct bdev *bs, enum bdev_op op, uint64_t offset,
         }
     } else if (bs->read_only) {
         /* Flushing a read-only node is a no-op that succeeds. */
+    }
+    if (op == BDEV_OP_WRITE && bytes && bs->detect_zeroes &&
+        strcmp(bs->detect_zeroes, "off") != 0 && buf_is_zero(buf, bytes)) {
+        /* detect-zeroes=on|unmap: a buffer of zeroes is written as a
+         * write-zeroes request (qcow2 then stores zero clusters, file
+         * punches or zeroes the range). We never discard, so unmap acts
+         * like on - the data read back is the same. */
+        op = BDEV_OP_WRITE_ZEROES;
+        buf = NULL;
+        g.zero_writes_detected++;
     }
     req = calloc(1, sizeof(*req));
     if (!req) {

@@ -97,6 +97,9 @@ struct bdev_driver {
      * end are the driver's business. Otherwise bdev.c refuses writes past
      * the end with -EIO and zero-fills reads past it. */
     bool can_grow;
+    /* Additive: bytes the node takes on disk (query's actual-size); NULL:
+     * bdev/blockdev_qmp decide (stat of the file name). */
+    int64_t (*allocated_size)(struct bdev *bs);
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
@@ -162,6 +165,10 @@ void bdev_register_driver(const struct bdev_driver *drv);
 /* Tests: open `file` nodes without O_DIRECT, as on a file system that
  * refuses it, so the thread-pool path runs. */
 extern bool bdev_file_no_direct;
+/* Tests: how many writes detect-zeroes turned into write-zeroes. */
+uint64_t bdev_detected_zero_writes(void);
+/* True while a request is in flight on the node or a node below it. */
+bool bdev_tree_busy(const struct bdev *bs);
 /* Runs fn(arg) on a later loop iteration (never inside the caller). */
 void bdev_call_later(void (*fn)(void *arg), void *arg);
 

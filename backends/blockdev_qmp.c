@@ -184,6 +184,9 @@ static int64_t actual_size(const struct bdev *bs)
 {
     struct stat sb;
 
+    if (bs->drv->allocated_size) {
+        return bs->drv->allocated_size((struct bdev *)bs);
+    }
     if (strcmp(bs->drv->name, "file") == 0) {
         if (stat(bs->filename, &sb) < 0) {
             return -1;

@@ -1,5 +1,21 @@
 /* The `file` protocol driver: regular files and block devices.
  *
+ * cache.direct: we report what the user asked (false unless given, as
+ * QEMU does), but data requests use O_DIRECT wherever the file system
+ * allows it, whatever was asked. That is invisible to clients: reads see
+ * every completed write (the kernel keeps direct and buffered I/O of the
+ * same file coherent), flush still ends in fdatasync (cache.writeback is
+ * always true), unaligned requests take the buffered descriptor, and other
+ * processes (qemu-img, qemu-io) see the same bytes either way. What it
+ * changes is only that image data does not fill the host's page cache and
+ * that aligned I/O runs on libaio. cache.direct=on where O_DIRECT is
+ * refused (tmpfs) fails the open, as in QEMU; unspecified or off falls
+ * back to buffered I/O on the thread pool.
+ *
+ * aio: threads, native and io_uring are accepted; all three are served by
+ * the same engine (libaio for aligned O_DIRECT requests, the thread pool
+ * for the rest). aio=native without cache.direct=on is refused as in QEMU.
+ *
  * Two descriptors per node: `fd` is opened with O_DIRECT when the file
  * system accepts it and carries aligned requests to libaio (and the OFD
  * locks); `fd_buf` is a buffered descriptor for everything else (unaligned
@@ -182,12 +198,21 @@ static int open_fds(struct bdev *bs, const char *path, bool rw, int *fd,
     }
     *fd = bdev_file_no_direct ? -1 : open(path, flags | O_DIRECT);
     *direct = *fd >= 0;
+    if (*fd < 0 && bs->cache_direct && !bdev_file_no_direct) {
+        /* The user asked for cache.direct=on: like QEMU, a file system
+         * without O_DIRECT is an error then, not a silent fallback. */
+        int e = errno;
+
+        close(*fd_buf);
+        *fd_buf = -1;
+        qmp_error_setg(err, "Could not open '%s': %s", path, strerror(e));
+        return -e;
+    }
     if (*fd < 0) {
         /* tmpfs and friends refuse O_DIRECT with EINVAL: buffered I/O on
          * the thread pool then. */
         *fd = *fd_buf;
     }
-    (void)bs;
     return 0;
 }
 
@@ -302,6 +327,31 @@ static int64_t file_length(struct bdev *bs)
     struct file_state *st = bs->state;
 
     return (int64_t)st->size;
+}
+
+/* What the file takes on disk, as QEMU reports it (allocated blocks), less
+ * the preallocated tail past the data: that tail is our implementation
+ * detail, cut off again at close, and must not show up as image size. The
+ * tail is whole allocated blocks from the first block boundary past `size`
+ * up to `alloc_end` (fallocate mode 0 allocates every block of its range,
+ * and nothing but preallocation writes past `size`). */
+static int64_t file_allocated_size(struct bdev *bs)
+{
+    struct file_state *st = bs->state;
+    struct stat sb;
+    uint64_t bytes, blk, lo, hi;
+
+    if (fstat(st->fd_buf, &sb) < 0) {
+        return -1;
+    }
+    bytes = (uint64_t)sb.st_blocks * 512;
+    blk = sb.st_blksize > 0 ? (uint64_t)sb.st_blksize : 4096;
+    lo = (st->size + blk - 1) / blk * blk;
+    hi = st->alloc_end / blk * blk;
+    if (!st->is_blk && hi > lo) {
+        bytes = bytes > hi - lo ? bytes - (hi - lo) : 0;
+    }
+    return (int64_t)bytes;
 }
 
 /* ---- asynchronous requests --------------------------------------------- */
@@ -563,4 +613,5 @@ const struct bdev_driver bdev_drv_file = {
     .reopen = file_reopen,
     .apply_perm = file_apply_perm,
     .can_grow = true,
+    .allocated_size = file_allocated_size,
 };

@@ -2245,6 +2245,52 @@ static unsigned opt_cache_entries(json_t *opts, const char *key,
     return (unsigned)n;
 }
 
+/* The dirty bit is set (a lazy-refcounts writer did not close cleanly):
+ * rebuild the refcounts, then switch the header to them and clear the bit
+ * in one sector write, as QEMU does when it opens such an image read-write.
+ */
+static int repair_dirty(struct q2 *s, struct qmp_error *err)
+{
+    uint64_t rt_off = 0, incompat;
+    uint32_t rt_clusters = 0;
+    char msg[512];
+    int64_t flen;
+    int ret;
+
+    ret = qcow2_rebuild_refcounts(s->bs->file, &s->m.h, &rt_off, &rt_clusters,
+                                  msg, sizeof(msg));
+    if (ret) {
+        qmp_error_setg(err, "%s", msg);
+        return ret;
+    }
+    incompat = s->m.h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
+    qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET, rt_off);
+    qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS, rt_clusters);
+    qcow2_put_be64(s->c0 + QCOW2_HDR_INCOMPAT, incompat);
+    ret = write_header_sector_sync(s);
+    if (ret) {
+        /* Header unchanged on disk (or torn inside one sector, which the
+         * device writes whole): the image stays dirty. */
+        qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET,
+                       s->m.h.refcount_table_offset);
+        qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS,
+                       s->m.h.refcount_table_clusters);
+        qcow2_put_be64(s->c0 + QCOW2_HDR_INCOMPAT,
+                       s->m.h.incompatible_features);
+        qmp_error_setg(err, "Could not update qcow2 header: %s",
+                       strerror(-ret));
+        return ret;
+    }
+    s->m.h.refcount_table_offset = rt_off;
+    s->m.h.refcount_table_clusters = rt_clusters;
+    s->m.h.incompatible_features = incompat;
+    flen = bdev_length(s->bs->file);
+    if (flen > 0 && (uint64_t)flen > s->host_end) {
+        s->host_end = (uint64_t)flen;
+    }
+    return 0;
+}
+
 /* Clears autoclear bits we do not maintain (bitmaps) before writing. */
 static int prepare_write(struct q2 *s, struct qmp_error *err)
 {
@@ -2256,13 +2302,6 @@ static int prepare_write(struct q2 *s, struct qmp_error *err)
                        "qcow2: Image is corrupt; cannot be opened read/write");
         return -EACCES;
     }
-    if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
-        qmp_error_setg(err,
-                       "qcow2: Image has the dirty bit set (refcounts may "
-                       "be inconsistent); repair it with 'qemu-img check -r "
-                       "all' before opening it read/write");
-        return -ENOTSUP;
-    }
     if (h->version >= 3 && h->autoclear_features) {
         qcow2_put_be64(s->c0 + QCOW2_HDR_AUTOCLEAR, 0);
         ret = write_header_sector_sync(s);
@@ -2273,6 +2312,12 @@ static int prepare_write(struct q2 *s, struct qmp_error *err)
             return ret;
         }
         s->m.h.autoclear_features = 0;
+    }
+    if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        ret = repair_dirty(s, err);
+        if (ret) {
+            return ret;
+        }
     }
     return 0;
 }

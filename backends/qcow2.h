@@ -142,4 +142,13 @@ void qcow2_refcount_set(uint8_t *block, uint64_t index, unsigned order,
                         uint64_t value);
 uint64_t qcow2_refcount_max(unsigned order);
 
+/* Rebuilds the refcounts of an image whose dirty bit is set (see
+ * qcow2_repair.c): writes new refcount blocks and table past the end of
+ * `file` and flushes; the caller then points the header at *rt_offset /
+ * *rt_clusters and clears the dirty bit. 0 or -errno with a message. */
+struct bdev;
+int qcow2_rebuild_refcounts(struct bdev *file, const struct qcow2_header *h,
+                            uint64_t *rt_offset, uint32_t *rt_clusters,
+                            char *errbuf, size_t errlen);
+
 #endif
