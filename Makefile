@@ -117,3 +117,37 @@ check-layering:
 
 clean:
 	rm -rf build build-asan blockjobd
+
+# ---- fuzzing (libFuzzer, clang with ASan + UBSan) -----------------------------
+# `make fuzz` runs every target for FUZZ_TIME seconds; new inputs go to
+# $(BUILD)/fuzz/corpus-<target>, the checked-in seeds in tests/fuzz/corpus/
+# stay untouched. tests/integration/test_fuzz_smoke.sh runs a short version.
+FUZZ_CC      ?= clang
+FUZZ_TIME    ?= 600
+FUZZ_TARGETS := qmp qcow2
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -O1 -g -I. -fno-omit-frame-pointer \
+                -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=undefined \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_LDFLAGS := -fsanitize=fuzzer,address,undefined \
+                -Wl,--wrap=open,--wrap=open64
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+.SECONDARY: $(FUZZ_LIB_OBJ) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o)
+
+.PHONY: fuzz fuzz-build
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
+	@echo "  LD    $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_LDFLAGS) -o $@ $^ $(LDLIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: $(FUZZ_BIN)
+	@for t in $(FUZZ_TARGETS); do \
+	  tests/fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_TIME) || exit 1; done

@@ -516,7 +516,11 @@ static const char *use_type(struct introspect *in, json_t *type)
     char key[48];
 
     if (!type || (json_is_object(type) && json_object_size(type) == 0)) {
-        return intern(in, "q_empty", json_object());
+        json_t *empty = json_object();
+        const char *masked = intern(in, "q_empty", empty);
+
+        json_decref(empty); /* the queue holds its own reference */
+        return masked;
     }
     if (json_is_object(type)) {
         /* Inline member dicts get a private name each. */
