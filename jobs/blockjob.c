@@ -194,7 +194,11 @@ json_t *blockjob_info(struct blockjob *bj)
                         json_string(blockjob_io_status_name(bj->iostatus)));
     json_object_set_new(o, "device", json_string(job->id));
     json_object_set_new(o, "auto-dismiss", json_boolean(job->auto_dismiss));
-    json_object_set_new(o, "busy", json_boolean(job->busy));
+    /* Requests still in flight make the job busy even while the rate limit
+     * holds back the next one: QEMU's one-chunk-at-a-time loop only sleeps
+     * once its chunk is done, so clients never see busy=false mid-copy. */
+    json_object_set_new(o, "busy",
+                        json_boolean(job->busy || job->in_flight > 0));
     json_object_set_new(o, "len",
                         json_integer((json_int_t)job->progress_total));
     json_object_set_new(o, "offset",

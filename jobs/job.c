@@ -464,8 +464,31 @@ static void job_finalize_single(struct job *job)
     job_conclude(job);
 }
 
+bool job_is_settling(const struct job *job)
+{
+    return job->settling;
+}
+
+void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque)
+{
+    struct job_waiter *w = calloc(1, sizeof(*w)), **pp = &job->waiters;
+
+    assert(job->settling);
+    if (!w) {
+        abort();
+    }
+    w->cb = cb;
+    w->opaque = opaque;
+    while (*pp) {
+        pp = &(*pp)->next;
+    }
+    *pp = w; /* in arrival order: commands are answered in order */
+}
+
 static void job_prepare_done(struct job *job, int ret)
 {
+    struct job_waiter *w;
+
     if (ret < 0 && !job->ret) {
         job->ret = ret;
     }
@@ -473,6 +496,12 @@ static void job_prepare_done(struct job *job, int ret)
      * effect is made; it concludes as prepared. */
     job->cancelled = job->cancelled && job->ret != 0;
     job_finalize_single(job);
+    job->settling = false;
+    while ((w = job->waiters)) {
+        job->waiters = w->next;
+        w->cb(w->opaque);
+        free(w);
+    }
     job_unref(job);
 }
 
@@ -482,6 +511,7 @@ static void job_do_finalize(struct job *job)
         return; /* prepare already under way */
     }
     job->finalizing = true;
+    job->settling = true;
     job_ref(job);
     if (job->drv->prepare && !job->ret) {
         job->drv->prepare(job, job_prepare_done);

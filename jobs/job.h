@@ -124,7 +124,16 @@ struct job {
     uv_loop_t *loop;
     uv_timer_t sleep_timer;
     bool sleeping;
+    bool settling; /* prepare under way: the ending events are to come */
+    struct job_waiter *waiters;
     struct job *next;
+};
+
+/* Someone waiting for a job to settle (job_when_settled). */
+struct job_waiter {
+    void (*cb)(void *opaque);
+    void *opaque;
+    struct job_waiter *next;
 };
 
 /* Names as QEMU spells them. */
@@ -200,6 +209,16 @@ void job_progress_set_current(struct job *job, uint64_t current);
  * there is no job). Jobs waiting for finalize are cancelled too. The events
  * of these transitions are emitted as usual. */
 void job_shutdown(void (*cb)(void *opaque), void *opaque);
+/* True while the job's (asynchronous) prepare is under way: its status
+ * still says pending, but its ending (graph change, BLOCK_JOB_COMPLETED,
+ * concluded, maybe null) is about to happen. qemu-storage-daemon does this
+ * work before it answers the command that started it, so QMP commands that
+ * trigger it or look at the job meanwhile wait for it (job_when_settled). */
+bool job_is_settling(const struct job *job);
+/* Calls cb(opaque) once, right after the settling job's ending sequence
+ * (the job may be dismissed and freed by then: cb must look it up again).
+ * Only valid while job_is_settling(job). */
+void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque);
 /* True while any job exists (not yet dismissed). */
 bool job_any(void);
 

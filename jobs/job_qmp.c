@@ -2,6 +2,7 @@
 #include "jobs/job_qmp.h"
 
 #include <jansson.h>
+#include <stdlib.h>
 
 #include "jobs/blockjob.h"
 #include "jobs/job.h"
@@ -87,175 +88,123 @@ static struct job *find_job(json_t *args, struct qmp_error *err)
     return job;
 }
 
-static json_t *done(struct qmp_error *err)
+/* A command about a job that is settling (its prepare runs) waits and then
+ * runs as if it had arrived after the job's ending: qemu-storage-daemon
+ * finishes that ending before it reads the next command. */
+struct rerun {
+    struct qmp_deferred *d;
+    qmp_command_fn *fn;
+    json_t *args;
+};
+
+static void rerun_settled(void *opaque)
 {
-    return qmp_error_is_set(err) ? NULL : json_object();
+    struct rerun *r = opaque;
+    struct qmp_error err = QMP_ERROR_INIT;
+    json_t *ret = r->fn(r->args, NULL, &err);
+
+    qmp_deferred_reply(r->d, ret, &err);
+    json_decref(r->args);
+    free(r);
 }
 
-static json_t *qmp_block_job_set_speed(json_t *args, struct qmp_session *s,
-                                       struct qmp_error *err)
+static bool wait_settled(struct job *job, qmp_command_fn *fn, json_t *args,
+                         struct qmp_session *s)
 {
-    struct job *job = find_block_job(args, "device", err);
+    struct rerun *r;
 
-    (void)s;
-    if (job) {
-        blockjob_set_speed(
-            (struct blockjob *)job,
-            (int64_t)json_integer_value(json_object_get(args, "speed")), err);
+    if (!job || !s || !job_is_settling(job)) {
+        return false;
     }
-    return done(err);
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        abort();
+    }
+    r->d = qmp_session_defer(s);
+    r->fn = fn;
+    r->args = json_incref(args);
+    job_when_settled(job, rerun_settled, r);
+    return true;
 }
 
-static json_t *qmp_block_job_cancel(json_t *args, struct qmp_session *s,
-                                    struct qmp_error *err)
+static void reply_settled(void *opaque)
 {
-    struct job *job = find_block_job(args, "device", err);
+    qmp_deferred_reply(opaque, json_object(), NULL);
+}
+
+/* The reply of a verb that succeeded: if the verb started the job's
+ * settling (finalize), it goes out once the job's ending events are out. */
+static json_t *reply_when_settled(struct job *job, struct qmp_session *s,
+                                  struct qmp_error *err)
+{
+    json_t *ret = NULL;
+
+    if (!qmp_error_is_set(err)) {
+        if (s && job_is_settling(job)) {
+            job_when_settled(job, reply_settled, qmp_session_defer(s));
+        } else {
+            ret = json_object();
+        }
+    }
+    job_unref(job);
+    return ret;
+}
+
+#define JOB_HANDLER(name, lookup, body)                                        \
+    static json_t *name(json_t *args, struct qmp_session *s,                   \
+                        struct qmp_error *err)                                 \
+    {                                                                          \
+        struct job *job = lookup;                                              \
+                                                                               \
+        if (!job) {                                                            \
+            return NULL;                                                       \
+        }                                                                      \
+        if (wait_settled(job, name, args, s)) {                                \
+            return NULL;                                                       \
+        }                                                                      \
+        job_ref(job); /* the verb may dismiss it */                            \
+        body;                                                                  \
+        return reply_when_settled(job, s, err);                                \
+    }
+
+static void block_job_cancel(struct job *job, json_t *args,
+                             struct qmp_error *err)
+{
     bool force = json_is_true(json_object_get(args, "force"));
 
-    (void)s;
-    if (!job) {
-        return NULL;
-    }
     if (job->user_paused && !force) {
         qmp_error_setg(err, "The block job for device '%s' is currently paused",
                        job->id);
-        return NULL;
+        return;
     }
     job_user_cancel(job, force, err);
-    return done(err);
 }
 
-static json_t *qmp_block_job_pause(json_t *args, struct qmp_session *s,
-                                   struct qmp_error *err)
-{
-    struct job *job = find_block_job(args, "device", err);
-
-    (void)s;
-    if (job) {
-        job_user_pause(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_block_job_resume(json_t *args, struct qmp_session *s,
-                                    struct qmp_error *err)
-{
-    struct job *job = find_block_job(args, "device", err);
-
-    (void)s;
-    if (job) {
-        job_user_resume(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_block_job_complete(json_t *args, struct qmp_session *s,
-                                      struct qmp_error *err)
-{
-    struct job *job = find_block_job(args, "device", err);
-
-    (void)s;
-    if (job) {
-        job_complete(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_block_job_dismiss(json_t *args, struct qmp_session *s,
-                                     struct qmp_error *err)
-{
-    struct job *job = find_block_job(args, "id", err);
-
-    (void)s;
-    if (job) {
-        job_dismiss(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_block_job_finalize(json_t *args, struct qmp_session *s,
-                                      struct qmp_error *err)
-{
-    struct job *job = find_block_job(args, "id", err);
-
-    (void)s;
-    if (job) {
-        job_finalize(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_pause(json_t *args, struct qmp_session *s,
-                             struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_user_pause(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_resume(json_t *args, struct qmp_session *s,
-                              struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_user_resume(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_cancel(json_t *args, struct qmp_session *s,
-                              struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_user_cancel(job, true, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_complete(json_t *args, struct qmp_session *s,
-                                struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_complete(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_dismiss(json_t *args, struct qmp_session *s,
-                               struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_dismiss(job, err);
-    }
-    return done(err);
-}
-
-static json_t *qmp_job_finalize(json_t *args, struct qmp_session *s,
-                                struct qmp_error *err)
-{
-    struct job *job = find_job(args, err);
-
-    (void)s;
-    if (job) {
-        job_finalize(job, err);
-    }
-    return done(err);
-}
+JOB_HANDLER(qmp_block_job_set_speed, find_block_job(args, "device", err),
+            blockjob_set_speed(
+                (struct blockjob *)job,
+                (int64_t)json_integer_value(json_object_get(args, "speed")),
+                err))
+JOB_HANDLER(qmp_block_job_cancel, find_block_job(args, "device", err),
+            block_job_cancel(job, args, err))
+JOB_HANDLER(qmp_block_job_pause, find_block_job(args, "device", err),
+            job_user_pause(job, err))
+JOB_HANDLER(qmp_block_job_resume, find_block_job(args, "device", err),
+            job_user_resume(job, err))
+JOB_HANDLER(qmp_block_job_complete, find_block_job(args, "device", err),
+            job_complete(job, err))
+JOB_HANDLER(qmp_block_job_dismiss, find_block_job(args, "id", err),
+            job_dismiss(job, err))
+JOB_HANDLER(qmp_block_job_finalize, find_block_job(args, "id", err),
+            job_finalize(job, err))
+JOB_HANDLER(qmp_job_pause, find_job(args, err), job_user_pause(job, err))
+JOB_HANDLER(qmp_job_resume, find_job(args, err), job_user_resume(job, err))
+/* job-cancel is always a forced cancel, without the paused check. */
+JOB_HANDLER(qmp_job_cancel, find_job(args, err),
+            job_user_cancel(job, true, err))
+JOB_HANDLER(qmp_job_complete, find_job(args, err), job_complete(job, err))
+JOB_HANDLER(qmp_job_dismiss, find_job(args, err), job_dismiss(job, err))
+JOB_HANDLER(qmp_job_finalize, find_job(args, err), job_finalize(job, err))
 
 static json_t *qmp_query_block_jobs(json_t *args, struct qmp_session *s,
                                     struct qmp_error *err)

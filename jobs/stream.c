@@ -325,8 +325,12 @@ static void stream_run(struct job *job)
                 job_sleep_ns(job, delay);
                 return;
             }
-            /* Chunks end on chunk boundaries so they stay aligned. */
-            end = (s->scan / s->chunk + 1) * s->chunk;
+            /* Chunks are cut from the start of each run, as QEMU's loop
+             * (which asks for the status of at most one chunk from its
+             * current offset) does, so progress after an error or a pause
+             * is the same offset qsd shows. Runs start where an allocation
+             * status changes, i.e. on cluster boundaries of the layers. */
+            end = s->scan + s->chunk;
             if (end > s->run_end) {
                 end = s->run_end;
             }
@@ -568,6 +572,11 @@ static bool node_name_ok(const char *name)
     return job_id_wellformed(name) && strlen(name) <= 31;
 }
 
+static void stream_reply_settled(void *opaque)
+{
+    qmp_deferred_reply(opaque, json_object(), NULL);
+}
+
 static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
                                 struct qmp_error *err)
 {
@@ -580,8 +589,8 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
     const char *on_error = arg_str(args, "on-error");
     struct stream_params p = {0};
     struct bdev *top, *base_bs = NULL, *bottom_bs = NULL;
+    struct job *job;
 
-    (void)sess;
     if (base && base_node) {
         qmp_error_setg(err, "'base' and 'base-node' cannot be specified at the "
                             "same time");
@@ -682,7 +691,16 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
         on_error ? blockjob_on_error_parse(on_error) : BLOCKJOB_ON_ERROR_REPORT;
     p.auto_finalize = arg_bool(args, "auto-finalize", true);
     p.auto_dismiss = arg_bool(args, "auto-dismiss", true);
-    if (!stream_start(&p, err)) {
+    job = stream_start(&p, err);
+    if (!job) {
+        return NULL;
+    }
+    /* A stream with nothing to copy ends at once; qemu-storage-daemon has
+     * sent all its events (down to null) before this reply, so ours waits
+     * for the job's asynchronous prepare too. The job may be gone already. */
+    job = job_find(p.job_id);
+    if (job && sess && job_is_settling(job)) {
+        job_when_settled(job, stream_reply_settled, qmp_session_defer(sess));
         return NULL;
     }
     return json_object();
