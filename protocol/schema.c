@@ -309,7 +309,8 @@ static int check_int_range(json_t *v, const char *name, const char *full,
     for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
         if (!strcmp(ranges[i].name, name) &&
             (n < ranges[i].min || n > ranges[i].max)) {
-            qmp_error_setg(err, "Parameter '%s' expects %s",
+            /* QEMU names the C type: "expects int32_t". */
+            qmp_error_setg(err, "Parameter '%s' expects %s_t",
                            bare ? bare : "null", name);
             return -EINVAL;
         }
