@@ -151,3 +151,26 @@ fuzz-build: $(FUZZ_BIN)
 fuzz: $(FUZZ_BIN)
 	@for t in $(FUZZ_TARGETS); do \
 	  tests/fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_TIME) || exit 1; done
+
+# ---- bench: `make bench` (tests/bench/, issue 6) ----------------------------
+# Not part of `make check`. Builds, then runs blockjobd and qemu-storage-daemon
+# side by side with fio's ceiling; writes tests/bench/results.{md,json},
+# tests/bench/throughput.png and the README's "Performance" section.
+# Shorter run: make bench BENCH_ARGS="--size 256M --rounds 3"
+# (see python3 tests/bench/bench.py --help). Needs root to drop the page cache
+# between rounds; without it the rounds run warm and the table says so.
+BENCH_PKGS := fio gnuplot-nox
+BENCH_ARGS ?=
+.PHONY: bench-deps
+bench-deps:
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make bench: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+bench: bench-deps $(BIN)
+	@python3 tests/bench/bench.py --blockjobd $(abspath $(BIN)) $(BENCH_ARGS)
