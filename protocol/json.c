@@ -1453,3 +1453,26 @@ char *qmp_json_encode_qdict(const json_t *value, size_t *len)
 {
     return encode(value, len, true);
 }
+
+const char **qmp_json_qdict_keys(const json_t *obj, size_t *n)
+{
+    size_t count = json_object_size(obj);
+    struct enc_member *m;
+    const char **keys;
+
+    *n = 0;
+    if (count == 0) {
+        return NULL;
+    }
+    m = object_members((json_t *)obj, count, true);
+    keys = calloc(count, sizeof(*keys));
+    if (!m || !keys) {
+        abort();
+    }
+    for (size_t i = 0; i < count; i++) {
+        keys[i] = json_object_iter_key(m[i].iter);
+    }
+    free(m);
+    *n = count;
+    return keys;
+}

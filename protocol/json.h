@@ -50,5 +50,9 @@ char *qmp_json_encode(const json_t *value, size_t *len);
  * the insertion order: that is the order of every object on qsd's wire,
  * echoed client ids included. */
 char *qmp_json_encode_qdict(const json_t *value, size_t *len);
+/* The keys of an object in that same QDict order: a malloc'd array of *n
+ * borrowed keys (NULL when the object is empty). QEMU checks a request's
+ * members in this order, so it decides which error is reported first. */
+const char **qmp_json_qdict_keys(const json_t *obj, size_t *n);
 
 #endif

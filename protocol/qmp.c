@@ -254,20 +254,26 @@ void qmp_event_emit(const char *name, json_t *data)
 static const char *check_request(struct qmp_session *s, json_t *req,
                                  bool *is_oob, struct qmp_error *err)
 {
-    const char *key, *exec_key = NULL, *command = NULL;
-    json_t *val;
+    const char *exec_key = NULL, *command = NULL;
+    size_t n;
+    /* QEMU walks the members in its QDict's order: with several faults,
+     * that order decides which one is reported. */
+    const char **keys = qmp_json_qdict_keys(req, &n);
 
-    json_object_foreach(req, key, val) {
+    for (size_t i = 0; i < n; i++) {
+        const char *key = keys[i];
+        json_t *val = json_object_get(req, key);
+
         if (!strcmp(key, "execute") || (!strcmp(key, "exec-oob") && s->oob)) {
             if (!json_is_string(val)) {
                 qmp_error_setg(err, "QMP input member '%s' must be a string",
                                key);
-                return NULL;
+                goto fail;
             }
             if (exec_key) {
                 qmp_error_setg(err, "QMP input member '%s' clashes with '%s'",
                                key, exec_key);
-                return NULL;
+                goto fail;
             }
             exec_key = key;
             command = json_string_value(val);
@@ -275,19 +281,23 @@ static const char *check_request(struct qmp_session *s, json_t *req,
             if (!json_is_object(val)) {
                 qmp_error_setg(
                     err, "QMP input member 'arguments' must be an object");
-                return NULL;
+                goto fail;
             }
         } else if (strcmp(key, "id") != 0) {
             qmp_error_setg(err, "QMP input member '%s' is unexpected", key);
-            return NULL;
+            goto fail;
         }
     }
+    free(keys);
     if (!exec_key) {
         qmp_error_setg(err, "QMP input lacks member 'execute'");
         return NULL;
     }
     *is_oob = !strcmp(exec_key, "exec-oob");
     return command;
+fail:
+    free(keys);
+    return NULL;
 }
 
 static json_t *dispatch(struct qmp_session *s, json_t *req,

@@ -4,9 +4,12 @@
 #include "protocol/schema.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "protocol/json.h"
 
 static json_t *types;    /* name -> enum/struct/union/alternate definition */
 static json_t *commands; /* name -> command definition */
@@ -242,12 +245,202 @@ static int check_members(json_t *v, json_t *def, const char *full, json_t *seen,
     }
 }
 
+/* Which unexpected member QEMU names first. Its input visitor puts the
+ * object's keys (in QDict order) into a GLib hash table, removes each
+ * member as it is visited, and reports the first key left in the table's
+ * slot order. That order is reproduced here: GLib's string hash, slot
+ * index (hash * 11) % prime, quadratic probing, tombstones, and resizing
+ * (in-place rehash with eviction) when it grows or shrinks. */
+struct ghash {
+    uint32_t *hashes; /* 0 unused, 1 tombstone, else the key's hash */
+    const char **keys;
+    uint32_t size, mod, mask, nnodes, noccupied;
+};
+
+static uint32_t ghash_str(const char *key)
+{
+    uint32_t h = 5381;
+
+    for (const signed char *p = (const signed char *)key; *p; p++) {
+        h = (h << 5) + h + (uint32_t)(int32_t)*p;
+    }
+    return h < 2 ? 2 : h;
+}
+
+static void ghash_set_shift(struct ghash *t, unsigned shift)
+{
+    static const uint32_t prime_mod[] = {
+        1,       2,       3,       7,        13,       31,      61,
+        127,     251,     509,     1021,     2039,     4093,    8191,
+        16381,   32749,   65521,   131071,   262139,   524287,  1048573,
+        2097143, 4194301, 8388593, 16777213, 33554393, 67108859};
+
+    if (shift >= sizeof(prime_mod) / sizeof(prime_mod[0])) {
+        abort(); /* far beyond any message size bound */
+    }
+    t->size = 1u << shift;
+    t->mod = prime_mod[shift];
+    t->mask = t->size - 1;
+}
+
+static void ghash_resize(struct ghash *t)
+{
+    uint32_t old_size = t->size, n = (uint32_t)(t->nnodes * 1.333);
+    unsigned shift = 0;
+    bool *moved;
+
+    while (n) {
+        shift++;
+        n >>= 1;
+    }
+    ghash_set_shift(t, shift < 3 ? 3 : shift);
+    if (t->size > old_size) {
+        t->hashes = realloc(t->hashes, t->size * sizeof(*t->hashes));
+        t->keys = realloc(t->keys, t->size * sizeof(*t->keys));
+        if (!t->hashes || !t->keys) {
+            abort();
+        }
+        memset(t->hashes + old_size, 0,
+               (t->size - old_size) * sizeof(*t->hashes));
+    }
+    moved = calloc(t->size > old_size ? t->size : old_size, sizeof(*moved));
+    if (!moved) {
+        abort();
+    }
+    for (uint32_t i = 0; i < old_size; i++) {
+        uint32_t h = t->hashes[i];
+        const char *key;
+
+        if (h < 2) {
+            t->hashes[i] = 0;
+            continue;
+        }
+        if (moved[i]) {
+            continue;
+        }
+        t->hashes[i] = 0;
+        key = t->keys[i];
+        for (;;) {
+            uint32_t idx = (h * 11) % t->mod, step = 0, replaced;
+            const char *rkey;
+
+            while (moved[idx]) {
+                idx = (idx + ++step) & t->mask;
+            }
+            moved[idx] = true;
+            replaced = t->hashes[idx];
+            rkey = t->keys[idx];
+            t->hashes[idx] = h;
+            t->keys[idx] = key;
+            if (replaced < 2) {
+                break;
+            }
+            h = replaced;
+            key = rkey;
+        }
+    }
+    free(moved);
+    t->noccupied = t->nnodes;
+}
+
+static void ghash_maybe_resize(struct ghash *t)
+{
+    if ((t->size > t->nnodes * 4 && t->size > 8) ||
+        t->size <= t->noccupied + t->noccupied / 16) {
+        ghash_resize(t);
+    }
+}
+
+/* The slot of `key`, or the slot an insertion would use. */
+static uint32_t ghash_lookup(struct ghash *t, const char *key, uint32_t h)
+{
+    uint32_t idx = (h * 11) % t->mod, step = 0, tomb = 0;
+    bool have_tomb = false;
+
+    while (t->hashes[idx] != 0) {
+        if (t->hashes[idx] == h && !strcmp(t->keys[idx], key)) {
+            return idx;
+        }
+        if (t->hashes[idx] == 1 && !have_tomb) {
+            tomb = idx;
+            have_tomb = true;
+        }
+        idx = (idx + ++step) & t->mask;
+    }
+    return have_tomb ? tomb : idx;
+}
+
+static void ghash_insert(struct ghash *t, const char *key)
+{
+    uint32_t h = ghash_str(key), idx = ghash_lookup(t, key, h);
+    uint32_t old = t->hashes[idx];
+
+    if (old >= 2) {
+        return;
+    }
+    t->hashes[idx] = h;
+    t->keys[idx] = key;
+    t->nnodes++;
+    if (old == 0) {
+        t->noccupied++;
+        ghash_maybe_resize(t);
+    }
+}
+
+static void ghash_remove(struct ghash *t, const char *key)
+{
+    uint32_t idx = ghash_lookup(t, key, ghash_str(key));
+
+    if (t->hashes[idx] < 2) {
+        return;
+    }
+    t->hashes[idx] = 1;
+    t->nnodes--;
+    ghash_maybe_resize(t);
+}
+
+/* The first member of `v` that is not in `seen`, as QEMU reports it, or
+ * NULL. `seen` lists the declared members in the order they were visited. */
+static const char *first_unexpected(json_t *v, json_t *seen)
+{
+    struct ghash t = {0};
+    const char **keys, *found = NULL;
+    const char *key;
+    json_t *val;
+    size_t n;
+
+    keys = qmp_json_qdict_keys(v, &n);
+    if (n == 0) {
+        return NULL;
+    }
+    ghash_set_shift(&t, 3);
+    t.hashes = calloc(t.size, sizeof(*t.hashes));
+    t.keys = calloc(t.size, sizeof(*t.keys));
+    if (!t.hashes || !t.keys) {
+        abort();
+    }
+    for (size_t i = 0; i < n; i++) {
+        ghash_insert(&t, keys[i]);
+    }
+    json_object_foreach(seen, key, val) {
+        ghash_remove(&t, key);
+    }
+    for (uint32_t i = 0; i < t.size && !found; i++) {
+        if (t.hashes[i] >= 2) {
+            found = t.keys[i];
+        }
+    }
+    free(t.hashes);
+    free(t.keys);
+    free(keys);
+    return found;
+}
+
 static int check_object(json_t *v, json_t *def, const char *full,
                         struct qmp_error *err)
 {
     json_t *seen;
     const char *key;
-    json_t *val;
     int ret;
 
     if (!json_is_object(v)) {
@@ -255,16 +448,12 @@ static int check_object(json_t *v, json_t *def, const char *full,
     }
     seen = json_object();
     ret = check_members(v, def, full, seen, err);
-    if (ret == 0) {
-        json_object_foreach(v, key, val) {
-            if (!json_object_get(seen, key)) {
-                char *child = join_path(full, key);
-                qmp_error_setg(err, "Parameter '%s' is unexpected", child);
-                free(child);
-                ret = -EINVAL;
-                break;
-            }
-        }
+    if (ret == 0 && (key = first_unexpected(v, seen))) {
+        char *child = join_path(full, key);
+
+        qmp_error_setg(err, "Parameter '%s' is unexpected", child);
+        free(child);
+        ret = -EINVAL;
     }
     json_decref(seen);
     return ret;

@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from qmp import QSD, Daemon, Runner, require  # noqa: E402
+from qmp import QMP, QSD, Daemon, Runner, require  # noqa: E402
 
 require("qemu-storage-daemon")
 
@@ -126,6 +126,14 @@ ADD = [
     q2(file={"driver": "file", "filename": "a", "aio": "bogus", "z": 1}),
     q2(**{"l2-cache-size": 1, "bogus": 2, "cache-size": "x"}),
     {"driver": "null-co", "size": 1, "node-name": "n" * 5, "zz": None},
+    # several unexpected members: QEMU names the first left in its GLib
+    # hash table, whatever the order in the text
+    {"driver": "null-co", "zz": 1, "aa": 2},
+    {"driver": "null-co", "aa": 1, "zz": 2},
+    {"driver": "null-co", "size": 1, "zz": 1, "aa": 2, "b": 3, "c": 4,
+     "d": 5, "e": 6, "f": 7, "g": 8, "h": 9, "\u00e9": 10},
+    dict({"driver": "null-co"}, **{"k%d" % i: i for i in range(40)}),
+    q2(file={"driver": "file", "filename": "a", "y": 1, "b": 2}),
 ]
 
 OTHER = [
@@ -147,13 +155,29 @@ OTHER = [
     ("block-job-cancel", {"device": "x", "force": 1}),
     ("job-dismiss", {"id": None}),
     ("query-jobs", {"a": 1}),
+    ("query-version", {"zz": 1, "aa": 2, "b": 3}),
+    ("query-version", {"aa": 1, "zz": 2, "b": 3}),
+]
+
+# Whole requests: with several faulty members QEMU reports the first in its
+# QDict's order.
+RAW = [
+    b'{"foo": 1, "bar": 1}',
+    b'{"bar": 1, "foo": 1, "execute": 2}',
+    b'{"execute": 2, "arguments": 3, "zz": 1}',
+    b'{"arguments": 3, "execute": 2}',
+    b'{"exec-oob": "x", "execute": "query-version"}',
+    b'{"execute": "query-version", "exec-oob": "x"}',
+    b'{"exec-oob": 1, "execute": 2}',
+    b'{"id": 1, "a": 1, "b": 2, "c": 3, "d": 4, "execute": "x"}',
 ]
 
 
-def session(sock, greet_skip=True):
-    from qmp import QMP
+def session(sock):
     c = QMP(sock)
-    c.negotiate()
+    c.send_raw(b'{"execute": "qmp_capabilities", '
+               b'"arguments": {"enable": ["oob"]}}')
+    assert c.reply() == {"return": {}}
     out = []
     n = 0
     for args in ADD:
@@ -166,6 +190,9 @@ def session(sock, greet_skip=True):
         c.send_raw(json.dumps({"execute": cmd, "arguments": args,
                                "id": n}).encode())
         out.append((cmd, args, c.reply()))
+    for raw in RAW:
+        c.send_raw(raw)
+        out.append(("raw", raw.decode(), c.reply()))
     c.close()
     return out
 
