@@ -2,6 +2,7 @@
 """QMP wire protocol of blockjobd, over its socket, as a client sees it."""
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -186,6 +187,79 @@ def test_many_clients_and_one_that_never_reads():
         # Every crowd member got its greeting (the daemon served them all).
         c2 = d.connect()
         assert c2.cmd("query-version")["return"]["qemu"]["major"] == 7
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_does_not_spin():
+    if shutil.which("prlimit") is None:
+        print("prlimit missing: skipped")
+        return
+    wrap = os.environ.get("BLOCKJOBD_WRAPPER", "")
+    os.environ["BLOCKJOBD_WRAPPER"] = "prlimit --nofile=48:48 " + wrap
+    try:
+        d = Daemon()
+    finally:
+        os.environ["BLOCKJOBD_WRAPPER"] = wrap
+    with d:
+        c = d.connect()
+        crowd = []
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(d.sock)
+            crowd.append(s)
+        # Each connection is either served (greeting) or, once descriptors
+        # ran out, closed at once by libuv's reserve-descriptor trick.
+        served = refused = 0
+        for s in crowd:
+            s.settimeout(30)
+            data = s.recv(4096)
+            if data.startswith(b'{"QMP"'):
+                served += 1
+            else:
+                assert data == b"", data
+                refused += 1
+        assert served > 10 and refused > 10, (served, refused)
+        pid = d.proc.pid
+        before = cpu_seconds(pid)
+        # The daemon must not burn CPU while it cannot accept (a spinning
+        # loop would use the whole second).
+        time.sleep(1.0)
+        used = cpu_seconds(pid) - before
+        assert used < 0.5, "daemon used %.2fs of CPU while idle" % used
+        assert c.cmd("query-version", id=1)["id"] == 1
+        for s in crowd:
+            s.close()
+        c2 = d.connect()
+        assert c2.cmd("query-version", id=2)["id"] == 2
+
+
+def test_socat_session():
+    if shutil.which("socat") is None:
+        print("socat missing: skipped")
+        return
+    with Daemon() as d:
+        p = subprocess.run(
+            ["socat", "-t", "5", "-", "UNIX-CONNECT:" + d.sock],
+            input='{"execute": "qmp_capabilities"}\n'
+                  '{"execute": "query-qmp-schema", "id": 1}\n'
+                  '{"execute": "quit"}\n'.encode(),
+            capture_output=True, timeout=60)
+        lines = p.stdout.decode().split("\r\n")
+        assert json.loads(lines[0])["QMP"]["capabilities"] == ["oob"]
+        assert json.loads(lines[1]) == {"return": {}}
+        schema = json.loads(lines[2])
+        assert schema["id"] == 1
+        cmds = {x["name"] for x in schema["return"]
+                if x["meta-type"] == "command"}
+        assert {"block-stream", "query-block-jobs", "blockdev-add",
+                "query-qmp-schema"} <= cmds, cmds
+        assert json.loads(lines[3]) == {"return": {}}
+        assert d.proc.wait(30) == 0
 
 
 def test_socket_file():
