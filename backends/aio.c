@@ -58,7 +58,18 @@ static void poll_update(void)
 static int native_submit_one(struct aio_req *r)
 {
     struct iocb *cbs[1] = {&r->iocb};
+    uint64_t t0 = uv_hrtime(), dt;
     int ret = io_submit(eng.ctx, 1, cbs);
+
+    dt = uv_hrtime() - t0;
+    eng.stats.submit_calls++;
+    eng.stats.submit_ns_total += dt;
+    if (dt > eng.stats.submit_ns_max) {
+        eng.stats.submit_ns_max = dt;
+    }
+    if (dt > 100000) {
+        eng.stats.submit_ns_over_100us++;
+    }
 
     if (ret == 1) {
         eng.in_kernel++;
@@ -339,4 +350,9 @@ void aio_fini(void)
 void aio_get_stats(struct aio_stats *st)
 {
     *st = eng.stats;
+}
+
+void aio_reset_submit_max(void)
+{
+    eng.stats.submit_ns_max = 0;
 }

@@ -43,7 +43,15 @@ struct aio_stats {
     uint64_t pool_submitted;
     uint64_t eagain_queued; /* io_submit said EAGAIN: kept for later */
     unsigned in_flight;
+    /* Time the loop spent inside io_submit (it blocks when the kernel does
+     * the I/O synchronously, e.g. extending O_DIRECT writes on ext4). */
+    uint64_t submit_calls;
+    uint64_t submit_ns_total;
+    uint64_t submit_ns_max;
+    uint64_t submit_ns_over_100us; /* calls that took longer than 0.1 ms */
 };
 void aio_get_stats(struct aio_stats *st);
+/* Benchmarks: starts a new measurement of submit_ns_max. */
+void aio_reset_submit_max(void);
 
 #endif

@@ -169,6 +169,12 @@ extern bool bdev_file_no_direct;
 uint64_t bdev_detected_zero_writes(void);
 /* True while a request is in flight on the node or a node below it. */
 bool bdev_tree_busy(const struct bdev *bs);
+/* Benchmarks: how the file driver serves aligned writes past the end of
+ * the file. PREALLOC (default): fallocate ahead on the thread pool, then
+ * libaio; POOL: the write itself on the thread pool; NATIVE: straight to
+ * libaio (ext4 then completes it inside io_submit, blocking the loop). */
+enum { BDEV_GROW_PREALLOC, BDEV_GROW_POOL, BDEV_GROW_NATIVE };
+extern int bdev_file_grow_mode;
 /* Runs fn(arg) on a later loop iteration (never inside the caller). */
 void bdev_call_later(void (*fn)(void *arg), void *arg);
 

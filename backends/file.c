@@ -49,6 +49,7 @@
 #define PERM_BITS   4
 
 bool bdev_file_no_direct;
+int bdev_file_grow_mode;
 
 struct file_state {
     int fd;
@@ -434,8 +435,9 @@ static int file_rw(struct bdev *bs, struct bdev_req *req)
     enum aio_op op = req->op == BDEV_OP_READ ? AIO_OP_READ : AIO_OP_WRITE;
     bool native = aligned;
 
-    if (req->op == BDEV_OP_WRITE && aligned && end > st->alloc_end) {
-        if (st->prealloc_ok) {
+    if (req->op == BDEV_OP_WRITE && aligned && end > st->alloc_end &&
+        bdev_file_grow_mode != BDEV_GROW_NATIVE) {
+        if (st->prealloc_ok && bdev_file_grow_mode == BDEV_GROW_PREALLOC) {
             /* Wait for the preallocation that makes this an overwrite. */
             req->drv_priv = NULL;
             if (st->grow_tail) {
