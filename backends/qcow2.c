@@ -1496,7 +1496,17 @@ static void alloc_write_cb(void *opaque, int ret)
     struct q2_alloc *a = opaque;
 
     if (ret < 0) {
-        alloc_end(a, ret); /* the new clusters leak; nothing points there */
+        /* Nothing points at the new clusters yet: give them back at once
+         * (as QEMU does), so a failed write leaves no leak behind. */
+        struct q2_free *f = calloc(1, sizeof(*f));
+
+        if (f) {
+            f->off = a->host;
+            f->len = a->n << a->s->cb;
+            f->next = a->s->free_now;
+            a->s->free_now = f;
+        }
+        alloc_end(a, ret);
         return;
     }
     alloc_link(a);
