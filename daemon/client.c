@@ -1,9 +1,13 @@
 #include "daemon/client.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "daemon/log.h"
+#include "daemon/notify.h"
 #include "protocol/qmp.h"
 
 #define READ_BUF_SIZE 65536
@@ -15,6 +19,9 @@ struct client {
     size_t queued; /* bytes handed to uv_write and not yet written */
     unsigned id;
     bool closing;
+    bool flushing; /* shutdown: closes once its output is written */
+    struct ucred cred;
+    uv_shutdown_t shutdown_req;
     struct client *prev, *next;
     char rbuf[READ_BUF_SIZE];
 };
@@ -30,6 +37,12 @@ static struct client *clients;
 static size_t n_clients;
 static unsigned next_id = 1;
 void (*client_quit_hook)(void);
+
+/* Shutdown: called once the last client is gone. */
+static void (*all_closed_cb)(void *opaque);
+static void *all_closed_opaque;
+static uv_timer_t flush_timer;
+static bool flush_timer_on;
 
 size_t client_count(void)
 {
@@ -51,6 +64,17 @@ static void on_closed(uv_handle_t *h)
     n_clients--;
     qmp_session_free(c->session);
     free(c);
+    notify_status_update();
+    if (n_clients == 0 && all_closed_cb) {
+        void (*cb)(void *) = all_closed_cb;
+
+        all_closed_cb = NULL;
+        if (flush_timer_on) {
+            flush_timer_on = false;
+            uv_close((uv_handle_t *)&flush_timer, NULL);
+        }
+        cb(all_closed_opaque);
+    }
 }
 
 /* Marks the client closing; the memory goes in on_closed, from the loop. */
@@ -107,9 +131,10 @@ static void client_send(struct client *c, const char *buf, size_t len)
     buf += n;
     if (c->queued + len > c->limits.max_queue) {
         log_msg(LOG_LVL_WARNING,
-                "client %u: disconnected: %zu bytes of output unread "
-                "(limit %zu)",
-                c->id, c->queued + len, c->limits.max_queue);
+                "client %u: disconnected (uid %u): too slow, %zu bytes of "
+                "output unread (limit %zu)",
+                c->id, (unsigned)c->cred.uid, c->queued + len,
+                c->limits.max_queue);
         client_close(c);
         return;
     }
@@ -179,7 +204,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             log_msg(LOG_LVL_DEBUG, "client %u: read failed: %s", c->id,
                     uv_strerror((int)nread));
         }
-        log_msg(LOG_LVL_INFO, "client %u: disconnected", c->id);
+        log_msg(LOG_LVL_INFO, "client %u: disconnected (uid %u)", c->id,
+                (unsigned)c->cred.uid);
         client_close(c);
         return;
     }
@@ -191,6 +217,44 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             uv_read_stop(stream);
         }
     }
+}
+
+/* Root and our own uid may always connect; others only when listed (or
+ * when no list was given: then the socket file's permissions decide). */
+static bool peer_allowed(const struct client_limits *limits, uid_t uid)
+{
+    if (limits->n_allow_uids == 0 || uid == 0 || uid == geteuid()) {
+        return true;
+    }
+    for (size_t i = 0; i < limits->n_allow_uids; i++) {
+        if (limits->allow_uids[i] == uid) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A refused peer gets one QMP error line instead of the greeting, written
+ * straight to the socket (a fresh socket takes a short line), then the
+ * connection closes. */
+static void refuse(struct client *c)
+{
+    char line[256];
+    int fd = -1, n;
+
+    n = snprintf(line, sizeof(line),
+                 "{\"error\": {\"class\": \"GenericError\", \"desc\": "
+                 "\"Access denied: uid %u may not use this socket\"}}\r\n",
+                 (unsigned)c->cred.uid);
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0 && n > 0) {
+        ssize_t w = write(fd, line, (size_t)n);
+        (void)w; /* nothing to do if the peer is gone already */
+    }
+    log_msg(LOG_LVL_WARNING,
+            "client %u: refused on %s: uid %u gid %u pid %ld is not allowed",
+            c->id, c->limits.where ? c->limits.where : "?",
+            (unsigned)c->cred.uid, (unsigned)c->cred.gid, (long)c->cred.pid);
+    client_close(c);
 }
 
 int client_accept(uv_stream_t *server, const struct client_limits *limits)
@@ -225,7 +289,36 @@ int client_accept(uv_stream_t *server, const struct client_limits *limits)
         client_close(c);
         return ret;
     }
-    log_msg(LOG_LVL_INFO, "client %u: connected", c->id);
+    {
+        socklen_t len = sizeof(c->cred);
+        int fd = -1;
+
+        c->cred.uid = (uid_t)-1;
+        c->cred.gid = (gid_t)-1;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
+            log_msg(LOG_LVL_WARNING, "client %u: cannot read its credentials",
+                    c->id);
+            /* Unknown peer: only an open socket lets it in. */
+            if (limits->n_allow_uids) {
+                refuse(c);
+                return 0;
+            }
+        }
+    }
+    if (!peer_allowed(limits, c->cred.uid)) {
+        refuse(c);
+        return 0;
+    }
+    if (limits->readonly) {
+        qmp_session_set_readonly(c->session, true);
+    }
+    log_msg(LOG_LVL_INFO,
+            "client %u: connected on %s%s (uid %u, gid %u, pid %ld)", c->id,
+            limits->where ? limits->where : "?",
+            limits->readonly ? " (read-only)" : "", (unsigned)c->cred.uid,
+            (unsigned)c->cred.gid, (long)c->cred.pid);
+    notify_status_update();
     qmp_session_greet(c->session);
     ret = uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     if (ret < 0) {
@@ -240,6 +333,65 @@ void client_broadcast(const char *line, size_t len)
         if (!c->closing && qmp_session_negotiated(c->session)) {
             client_send(c, line, len);
         }
+    }
+}
+
+void client_stop_input_all(void)
+{
+    for (struct client *c = clients; c; c = c->next) {
+        if (!c->closing) {
+            uv_read_stop((uv_stream_t *)&c->pipe);
+            qmp_session_stop(c->session);
+        }
+    }
+}
+
+static void on_flushed(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    client_close(req->data);
+}
+
+static void on_flush_timeout(uv_timer_t *t)
+{
+    (void)t;
+    for (struct client *c = clients; c; c = c->next) {
+        if (!c->closing) {
+            log_msg(LOG_LVL_WARNING,
+                    "client %u: closed with %zu bytes of output unread", c->id,
+                    c->queued);
+        }
+    }
+    client_close_all();
+}
+
+void client_close_all_flushed(unsigned timeout_ms, void (*cb)(void *opaque),
+                              void *opaque)
+{
+    all_closed_cb = cb;
+    all_closed_opaque = opaque;
+    if (n_clients == 0) {
+        all_closed_cb = NULL;
+        cb(opaque);
+        return;
+    }
+    for (struct client *c = clients; c; c = c->next) {
+        if (c->closing || c->flushing) {
+            continue;
+        }
+        c->flushing = true;
+        c->shutdown_req.data = c;
+        /* uv_shutdown waits for queued writes, then half-closes. */
+        if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->pipe, on_flushed) <
+            0) {
+            client_close(c);
+        }
+    }
+    if (n_clients > 0) {
+        uv_timer_init(clients ? clients->pipe.loop : uv_default_loop(),
+                      &flush_timer);
+        uv_timer_start(&flush_timer, on_flush_timeout, timeout_ms, 0);
+        flush_timer_on = true;
     }
 }
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static enum log_level max_level = LOG_LVL_INFO;
 static int journal = -1; /* -1: not checked yet */
@@ -34,6 +35,24 @@ void log_set_level(enum log_level level)
     max_level = level;
 }
 
+/* systemd sets JOURNAL_STREAM=DEV:INODE when stderr goes to the journal;
+ * it is inherited by children whose stderr may be elsewhere, so compare it
+ * with what stderr really is (systemd.exec(5) recommends this). */
+static int stderr_is_journal(void)
+{
+    const char *v = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+
+    if (!v || sscanf(v, "%llu:%llu", &dev, &ino) != 2) {
+        return 0;
+    }
+    if (fstat(2, &st) < 0) {
+        return 0;
+    }
+    return st.st_dev == (dev_t)dev && st.st_ino == (ino_t)ino;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
     static const char *const tags[] = {[LOG_LVL_ERROR] = "error",
@@ -48,8 +67,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
         return;
     }
     if (journal < 0) {
-        /* systemd sets JOURNAL_STREAM when stderr goes to the journal. */
-        journal = getenv("JOURNAL_STREAM") != NULL;
+        journal = stderr_is_journal();
     }
     va_start(ap, fmt);
     n = vsnprintf(line, sizeof(line), fmt, ap);

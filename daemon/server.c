@@ -1,6 +1,8 @@
 #include "daemon/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -10,9 +12,12 @@
 
 #include "daemon/log.h"
 
+#define LISTEN_FDS_START 3
+
 struct server {
     uv_pipe_t pipe;
-    char *path;
+    char *path;  /* the socket file we created, or the passed socket's name */
+    bool unlink; /* we created the file: remove it at close */
     struct client_limits limits;
     uint64_t refused;
 };
@@ -27,14 +32,14 @@ static void on_connection(uv_stream_t *stream, int status)
          * connections with its reserve descriptor, so the loop does not
          * spin; log once in a while. */
         if (srv->refused++ % 1000 == 0) {
-            log_msg(LOG_LVL_WARNING, "cannot accept a client: %s",
-                    uv_strerror(status));
+            log_msg(LOG_LVL_WARNING, "cannot accept a client on %s: %s",
+                    srv->path, uv_strerror(status));
         }
         return;
     }
     ret = client_accept(stream, &srv->limits);
     if (ret < 0) {
-        log_msg(LOG_LVL_WARNING, "cannot accept a client: %s",
+        log_msg(LOG_LVL_WARNING, "cannot accept a client on %s: %s", srv->path,
                 uv_strerror(ret));
     }
 }
@@ -77,7 +82,25 @@ static void on_server_closed(uv_handle_t *h)
     free(srv);
 }
 
-struct server *server_listen(uv_loop_t *loop, const char *path, mode_t mode,
+static struct server *server_new(uv_loop_t *loop, const char *path,
+                                 const struct client_limits *limits)
+{
+    struct server *srv = calloc(1, sizeof(*srv));
+
+    if (!srv || !(srv->path = strdup(path))) {
+        free(srv);
+        log_msg(LOG_LVL_ERROR, "out of memory");
+        return NULL;
+    }
+    srv->limits = *limits;
+    srv->limits.where = srv->path;
+    uv_pipe_init(loop, &srv->pipe, 0);
+    srv->pipe.data = srv;
+    return srv;
+}
+
+struct server *server_listen(uv_loop_t *loop, const char *path,
+                             const struct server_file_opts *file,
                              const struct client_limits *limits)
 {
     struct sockaddr_un sa;
@@ -107,20 +130,22 @@ struct server *server_listen(uv_loop_t *loop, const char *path, mode_t mode,
                 strerror(-ret));
         return NULL;
     }
-    srv = calloc(1, sizeof(*srv));
-    if (!srv || !(srv->path = strdup(path))) {
-        free(srv);
+    srv = server_new(loop, path, limits);
+    if (!srv) {
         return NULL;
     }
-    srv->limits = *limits;
-    uv_pipe_init(loop, &srv->pipe, 0);
-    srv->pipe.data = srv;
-    /* Create the file with no access for others, then widen to `mode`. */
+    /* Create the file with no access for others, then set group and mode
+     * before listen(): nobody can connect in between. */
     old_umask = umask(0177);
     ret = uv_pipe_bind(&srv->pipe, path);
     umask(old_umask);
-    if (ret == 0 && chmod(path, mode) < 0) {
-        ret = -errno;
+    if (ret == 0) {
+        srv->unlink = true;
+        if (file->gid != (gid_t)-1 && chown(path, (uid_t)-1, file->gid) < 0) {
+            ret = -errno;
+        } else if (chmod(path, file->mode) < 0) {
+            ret = -errno;
+        }
     }
     if (ret == 0) {
         ret = uv_listen((uv_stream_t *)&srv->pipe, 511, on_connection);
@@ -128,16 +153,132 @@ struct server *server_listen(uv_loop_t *loop, const char *path, mode_t mode,
     if (ret < 0) {
         log_msg(LOG_LVL_ERROR, "cannot listen on '%s': %s", path,
                 uv_strerror(ret));
-        unlink(path);
+        if (srv->unlink) {
+            unlink(path);
+        }
         uv_close((uv_handle_t *)&srv->pipe, on_server_closed);
         return NULL;
     }
-    log_msg(LOG_LVL_INFO, "listening on %s", path);
+    log_msg(LOG_LVL_INFO, "listening on %s%s", path,
+            limits->readonly ? " (read-only)" : "");
+    return srv;
+}
+
+struct server *server_adopt(uv_loop_t *loop, int fd, const char *name,
+                            const struct client_limits *limits)
+{
+    struct server *srv = server_new(loop, name, limits);
+    int ret;
+
+    if (!srv) {
+        return NULL;
+    }
+    ret = uv_pipe_open(&srv->pipe, fd);
+    if (ret == 0) {
+        ret = uv_listen((uv_stream_t *)&srv->pipe, 511, on_connection);
+    }
+    if (ret < 0) {
+        log_msg(LOG_LVL_ERROR, "cannot serve the passed socket %s: %s", name,
+                uv_strerror(ret));
+        uv_close((uv_handle_t *)&srv->pipe, on_server_closed);
+        return NULL;
+    }
+    log_msg(LOG_LVL_INFO, "listening on %s (socket activation, fd %d)%s", name,
+            fd, limits->readonly ? " (read-only)" : "");
     return srv;
 }
 
 void server_close(struct server *srv)
 {
-    unlink(srv->path);
+    if (srv->unlink) {
+        unlink(srv->path);
+    }
     uv_close((uv_handle_t *)&srv->pipe, on_server_closed);
+}
+
+/* A passed descriptor must be what we can serve: a listening AF_UNIX stream
+ * socket. */
+static int check_passed_fd(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int type = 0, listening = 0;
+    socklen_t olen = sizeof(int);
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        log_msg(LOG_LVL_ERROR, "passed fd %d is not a socket: %s", fd,
+                strerror(errno));
+        return -ENOTSOCK;
+    }
+    if (ss.ss_family != AF_UNIX) {
+        log_msg(LOG_LVL_ERROR, "passed fd %d is not an AF_UNIX socket", fd);
+        return -EAFNOSUPPORT;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) < 0 ||
+        type != SOCK_STREAM) {
+        log_msg(LOG_LVL_ERROR, "passed fd %d is not a stream socket", fd);
+        return -EPROTOTYPE;
+    }
+    olen = sizeof(int);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &olen) < 0 ||
+        !listening) {
+        log_msg(LOG_LVL_ERROR, "passed fd %d is not a listening socket", fd);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int server_listen_fds(char **names, int max)
+{
+    const char *pid_s = getenv("LISTEN_PID");
+    const char *fds_s = getenv("LISTEN_FDS");
+    const char *names_s = getenv("LISTEN_FDNAMES");
+    char *end, *list = NULL, *save = NULL, *tok;
+    long pid, n;
+    int ret = 0;
+
+    if (!pid_s || !fds_s) {
+        return 0;
+    }
+    errno = 0;
+    pid = strtol(pid_s, &end, 10);
+    if (errno || *end || pid != (long)getpid()) {
+        /* Meant for another process (we inherited the environment). */
+        goto out;
+    }
+    n = strtol(fds_s, &end, 10);
+    if (errno || end == fds_s || *end || n < 0 || n > max) {
+        log_msg(LOG_LVL_ERROR,
+                "LISTEN_FDS='%s': expected between 0 and %d sockets", fds_s,
+                max);
+        ret = -EINVAL;
+        goto out;
+    }
+    if (names_s && !(list = strdup(names_s))) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    tok = list ? strtok_r(list, ":", &save) : NULL;
+    for (int i = 0; i < n; i++) {
+        int fd = LISTEN_FDS_START + i;
+
+        ret = check_passed_fd(fd);
+        if (ret < 0) {
+            goto out;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        names[i] = strdup(tok ? tok : "");
+        if (!names[i]) {
+            ret = -ENOMEM;
+            goto out;
+        }
+        tok = tok ? strtok_r(NULL, ":", &save) : NULL;
+    }
+    ret = (int)n;
+out:
+    free(list);
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return ret;
 }

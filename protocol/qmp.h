@@ -69,6 +69,9 @@ void qmp_session_feed(struct qmp_session *s, const char *buf, size_t len);
 /* Stops processing input for good (the client is going away). */
 void qmp_session_stop(struct qmp_session *s);
 bool qmp_session_negotiated(const struct qmp_session *s);
+/* A read-only session (monitoring sockets) runs only qmp_capabilities and
+ * query-* commands; every other existing command gets a GenericError. */
+void qmp_session_set_readonly(struct qmp_session *s, bool readonly);
 /* Bytes held for an incomplete message. */
 size_t qmp_session_pending(const struct qmp_session *s);
 void qmp_session_free(struct qmp_session *s);
