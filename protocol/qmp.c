@@ -516,6 +516,9 @@ void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
     struct qmp_session *s = d->s;
 
     if (!s || s->stopped) {
+        if (s) {
+            s->deferred = NULL; /* d is freed below */
+        }
         json_decref(ret);
         goto out;
     }
