@@ -174,3 +174,53 @@ bench-deps:
 	fi
 bench: bench-deps $(BIN)
 	@python3 tests/bench/bench.py --blockjobd $(abspath $(BIN)) $(BENCH_ARGS)
+
+# ---- service: blockjobctl, man pages, systemd units, install (H7) -------
+CTL_BIN := $(BUILD)/blockjobctl
+all: $(CTL_BIN) blockjobctl
+check: $(CTL_BIN) blockjobctl
+.PHONY: install uninstall
+
+blockjobctl: $(CTL_BIN)
+	@if [ "$(BUILD)" = build ]; then cp $(CTL_BIN) $@; fi
+
+# A plain client: jansson and libc only, none of the daemon's library.
+$(CTL_BIN): $(BUILD)/daemon/ctl/blockjobctl.o
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson 2>/dev/null)
+
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+INSTALL    ?= install
+
+# Units name the daemon by its installed path.
+install: $(BIN) $(CTL_BIN)
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man1 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR)
+	$(INSTALL) -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/blockjobd
+	$(INSTALL) -m 0755 $(CTL_BIN) $(DESTDIR)$(BINDIR)/blockjobctl
+	$(INSTALL) -m 0644 daemon/blockjobd.8 $(DESTDIR)$(MANDIR)/man8/blockjobd.8
+	$(INSTALL) -m 0644 daemon/blockjobctl.1 \
+	  $(DESTDIR)$(MANDIR)/man1/blockjobctl.1
+	for u in blockjobd.service blockjobd.socket blockjobd-readonly.socket; do \
+	  sed 's|/usr/sbin/blockjobd|$(SBINDIR)/blockjobd|g' systemd/$$u \
+	    > $(DESTDIR)$(UNITDIR)/$$u.tmp && chmod 0644 \
+	    $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+	  mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	$(INSTALL) -m 0644 systemd/blockjobd.sysusers \
+	  $(DESTDIR)$(SYSUSERSDIR)/blockjobd.conf
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/blockjobd $(DESTDIR)$(BINDIR)/blockjobctl \
+	  $(DESTDIR)$(MANDIR)/man8/blockjobd.8 \
+	  $(DESTDIR)$(MANDIR)/man1/blockjobctl.1 \
+	  $(DESTDIR)$(UNITDIR)/blockjobd.service \
+	  $(DESTDIR)$(UNITDIR)/blockjobd.socket \
+	  $(DESTDIR)$(UNITDIR)/blockjobd-readonly.socket \
+	  $(DESTDIR)$(SYSUSERSDIR)/blockjobd.conf
