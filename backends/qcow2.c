@@ -2435,6 +2435,16 @@ static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         qmp_error_setg(err, "%s", msg);
         goto fail;
     }
+    /* lazy-refcounts=on is accepted on v3 images (as QEMU does) but we
+     * keep refcounts exact anyway: the image stays clean at every flush, so
+     * the only cost is the ordering we already do. v2 cannot have it. */
+    if (opts && json_is_true(json_object_get(opts, "lazy-refcounts")) &&
+        s->m.h.version < 3) {
+        qmp_error_setg(err, "Lazy refcounts require a qcow2 image with at "
+                            "least qemu 1.1 compatibility level");
+        ret = -EINVAL;
+        goto fail;
+    }
     if (!bs->read_only) {
         ret = prepare_write(s, err);
         if (ret) {

@@ -248,6 +248,15 @@ def test_malformed_images():
                               "read-only": True,
                               "file": {"driver": "file", "filename": p}})
         c.ok("blockdev-del", {"node-name": "ro"})
+        # lazy-refcounts needs a v3 image.
+        p = os.path.join(w, "v2.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", p,
+            "1M")
+        c.err("blockdev-add", {"driver": "qcow2", "node-name": "x",
+                               "lazy-refcounts": True,
+                               "file": {"driver": "file", "filename": p}},
+              desc="Lazy refcounts require a qcow2 image with at least qemu "
+                   "1.1 compatibility level")
         # Missing file, bad option, unknown driver.
         c.err("blockdev-add", {"driver": "qcow2", "node-name": "x",
                                "file": {"driver": "file",
