@@ -370,11 +370,22 @@ static void test_detect_zeroes(void **state)
     wait_calls(&d, 8);
     assert_int_equal(rd[0], 0x77);
     assert_int_equal(rd[65535], 0x77);
+    /* A partial-cluster zero write inside data. */
+    before = bdev_detected_zero_writes();
+    assert_int_equal(bdev_write(on, 65536 + 4096, 4096, zero, done_cb, &d), 0);
+    wait_calls(&d, 9);
+    assert_int_equal(d.ret, 0);
+    assert_int_equal(bdev_detected_zero_writes() - before, 1);
+    assert_int_equal(bdev_read(on, 65536, 65536, rd, done_cb, &d), 0);
+    wait_calls(&d, 10);
+    for (int i = 0; i < 65536; i++) {
+        assert_int_equal(rd[i], i >= 4096 && i < 8192 ? 0 : 0x77);
+    }
     /* A buffer that is zero except its last byte is data. */
     zero[65535] = 1;
     before = bdev_detected_zero_writes();
     assert_int_equal(bdev_write(on, 2 << 20, 65536, zero, done_cb, &d), 0);
-    wait_calls(&d, 9);
+    wait_calls(&d, 11);
     assert_int_equal(bdev_detected_zero_writes(), before);
 
     send_cmd(&a, "{'execute': 'blockdev-del', 'arguments': "
@@ -388,7 +399,8 @@ static void test_detect_zeroes(void **state)
 
         snprintf(cmd, sizeof(cmd),
                  "qemu-img check -q '%s' && qemu-io -r -f qcow2 -c "
-                 "'read -q -P 0 0 64k' -c 'read -q -P 0x77 64k 64k' '%s' "
+                 "'read -q -P 0 0 64k' -c 'read -q -P 0x77 64k 4k' "
+                 "-c 'read -q -P 0 68k 4k' -c 'read -q -P 0x77 72k 56k' '%s' "
                  "| grep -q -i -e fail -e mismatch && exit 1 || exit 0",
                  path("dz_on.qcow2"), path("dz_on.qcow2"));
         assert_int_equal(system(cmd), 0);
