@@ -477,11 +477,12 @@ static int check_int_range(json_t *v, const char *name, const char *full,
 
     if (!strcmp(name, "uint64") || !strcmp(name, "size")) {
         /* QEMU takes any integer (negative ones wrap, for compatibility)
-         * and integral reals up to 2^64 - 1. */
+         * but no real. Integers beyond int64 reach us as reals (jansson
+         * has no uint64): take those, not 1.0 or 1e3. */
         if (json_is_integer(v)) {
             return 0;
         }
-        if (json_is_real(v) && json_real_value(v) >= 0 &&
+        if (json_is_real(v) && json_real_value(v) >= 9223372036854775808.0 &&
             json_real_value(v) < 18446744073709551616.0 &&
             json_real_value(v) ==
                 (double)(unsigned long long)json_real_value(v)) {
@@ -562,10 +563,9 @@ static bool alternate_fits(json_t *v, const char *t)
         if (!strcmp(jtype, "string")) {
             return json_is_string(v);
         }
-        if (!strcmp(jtype, "int")) {
-            return json_is_integer(v);
-        }
-        if (!strcmp(jtype, "number")) {
+        /* QEMU picks the branch by QType, and QNum holds integers and
+         * reals alike: 1.5 goes to an int branch and fails there. */
+        if (!strcmp(jtype, "int") || !strcmp(jtype, "number")) {
             return json_is_number(v);
         }
         if (!strcmp(jtype, "boolean")) {

@@ -85,6 +85,8 @@ ADD = [
     {"driver": "null-co", "size": -1.0},
     {"driver": "null-co", "latency-ns": -1, "size": "x"},
     {"driver": "null-co", "latency-ns": 1.5},
+    {"driver": "null-co", "latency-ns": 1.0},
+    {"driver": "null-co", "latency-ns": 1e3},
     {"driver": "null-co", "latency-ns": 1e30},
     {"driver": "null-co", "latency-ns": 18446744073709551616},
     {"driver": "null-co", "latency-ns": "1"},
