@@ -909,16 +909,17 @@ static bool dirty_flag(struct bdev *bs)
  * Opening read-only keeps the image as it is; opening read-write rebuilds
  * the refcounts, after which qemu-img check is clean and everything reads
  * and writes back right. */
-static void dirty_case(const char *setup, const char *lazy_io)
+static void dirty_case(const char *create_opts, const char *setup,
+                       const char *lazy_io)
 {
     struct bdev *bs;
     uint8_t *buf = bdev_buf_alloc(65536);
     int check_before;
 
     assert_int_equal(
-        sh("rm -f '%s' && qemu-img create -q -f qcow2 -o lazy_refcounts=on "
+        sh("rm -f '%s' && qemu-img create -q -f qcow2 -o lazy_refcounts=on%s "
            "'%s' 8M",
-           path("dirty.qcow2"), path("dirty.qcow2")),
+           path("dirty.qcow2"), create_opts, path("dirty.qcow2")),
         0);
     if (setup) {
         assert_int_equal(sh("IMG='%s'; %s", path("dirty.qcow2"), setup), 0);
@@ -967,8 +968,14 @@ static void test_dirty_repair(void **state)
 {
     (void)state;
     NEED_QEMU();
-    dirty_case(NULL,
-               "-c 'write -q -P 0x5a 0 1M' -c 'write -q -P 0x6b 3M 128k'");
+    const char *io = "-c 'write -q -P 0x5a 0 1M' -c 'write -q -P 0x6b 3M 128k'";
+
+    dirty_case("", NULL, io);
+    /* Refcount widths at both ends (bit packing, 64-bit entries) and small
+     * clusters (several refcount blocks and L2 tables to rebuild). */
+    dirty_case(",refcount_bits=1", NULL, io);
+    dirty_case(",refcount_bits=64", NULL, io);
+    dirty_case(",cluster_size=512", NULL, io);
 }
 
 /* With an internal snapshot, clusters and L2 tables are shared (refcount
@@ -977,7 +984,8 @@ static void test_dirty_repair_snapshot(void **state)
 {
     (void)state;
     NEED_QEMU();
-    dirty_case("qemu-io -f qcow2 -c 'write -q -P 0x5a 0 1M' \"$IMG\" && "
+    dirty_case("",
+               "qemu-io -f qcow2 -c 'write -q -P 0x5a 0 1M' \"$IMG\" && "
                "qemu-img snapshot -c s1 \"$IMG\"",
                "-c 'write -q -P 0x6b 3M 128k'");
 }
@@ -987,8 +995,9 @@ static void test_dirty_repair_compressed(void **state)
 {
     (void)state;
     NEED_QEMU();
-    dirty_case(NULL, "-c 'write -q -c -P 0x5a 0 1M' "
-                     "-c 'write -q -P 0x6b 3M 128k'");
+    dirty_case("", NULL,
+               "-c 'write -q -c -P 0x5a 0 1M' "
+               "-c 'write -q -P 0x6b 3M 128k'");
 }
 
 int main(void)
