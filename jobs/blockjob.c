@@ -114,6 +114,7 @@ int blockjob_set_speed(struct blockjob *bj, int64_t speed,
                        struct qmp_error *err)
 {
     int ret = job_apply_verb(&bj->job, JOB_VERB_SET_SPEED, err);
+    int64_t old;
 
     if (ret < 0) {
         return ret;
@@ -122,10 +123,14 @@ int blockjob_set_speed(struct blockjob *bj, int64_t speed,
         qmp_error_setg(err, "Parameter 'speed' expects a non-negative value");
         return -EINVAL;
     }
+    old = bj->speed;
     bj->speed = speed;
     ratelimit_set_speed(&bj->rl, (uint64_t)speed, now_ns());
-    /* A job sleeping on the old limit re-evaluates at once. */
-    job_wake(&bj->job);
+    /* Like QEMU, only a higher (or no) limit wakes a sleeping job; a lower
+     * one takes effect when the current sleep ends. */
+    if (speed == 0 || speed > old) {
+        job_wake(&bj->job);
+    }
     return 0;
 }
 

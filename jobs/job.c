@@ -287,6 +287,7 @@ static void job_stop_sleep(struct job *job)
     if (job->sleeping) {
         uv_timer_stop(&job->sleep_timer);
         job->sleeping = false;
+        job->sleep_cut = true;
         job->busy = true;
     }
 }

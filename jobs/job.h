@@ -124,6 +124,10 @@ struct job {
     uv_loop_t *loop;
     uv_timer_t sleep_timer;
     bool sleeping;
+    /* The last sleep was cut short (pause, resume, speed raised): QEMU's
+     * job then does its next chunk at once, whatever the rate limit says.
+     * Set by the core, cleared by the driver when it issues that chunk. */
+    bool sleep_cut;
     bool settling; /* prepare under way: the ending events are to come */
     struct job_waiter *waiters;
     struct job *next;

@@ -320,7 +320,10 @@ static void stream_run(struct job *job)
             if (!r) {
                 return; /* queue full: a completion re-enters */
             }
-            delay = blockjob_ratelimit_delay(&s->common);
+            /* After a sleep cut short (pause/resume, speed raised) QEMU
+             * copies one chunk before it looks at the limit again. */
+            delay = job->sleep_cut ? 0 : blockjob_ratelimit_delay(&s->common);
+            job->sleep_cut = false;
             if (delay) {
                 job_sleep_ns(job, delay);
                 return;

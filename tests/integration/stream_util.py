@@ -12,6 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 ".."))
+from qmp import QSD as QSD_CLASS  # noqa: E402,F401
 from qmp import Daemon, QMP, Runner, require, skip  # noqa: E402,F401
 
 MiB = 1 << 20
@@ -199,13 +200,14 @@ def job_info(c, job):
     raise AssertionError("no block job %s" % job)
 
 
-def wait_first_chunk(c, job):
-    """With speed=1 a job copies its first chunk and then sleeps: waits for
-    the query to show it sleeping (busy false) after progress. Polls the
-    daemon's state, not the clock: each query is answered at once."""
+def wait_first_chunk(c, job, min_offset=512 * KiB):
+    """With speed=1 a job copies one chunk and then sleeps (also after a
+    resume, which lets one chunk through as in QEMU): waits until a query
+    shows it sleeping (busy false) with at least `min_offset` done. Polls
+    the daemon's state, not the clock: each query is answered at once."""
     for _ in range(100000):
         j = job_info(c, job)
-        if j["offset"] > 0 and not j["busy"]:
+        if j["offset"] >= min_offset and not j["busy"]:
             return j
     raise AssertionError("job %s never slept: %r" % (job, j))
 
