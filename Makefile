@@ -69,7 +69,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB_OBJ) $(FAKE_OBJ)
 # Debian packages the build and the tests need; installs only what is missing.
 DEB_PKGS := gcc make pkg-config libuv1-dev libjansson-dev libaio-dev \
             libcmocka-dev zlib1g-dev python3 socat qemu-utils \
-            qemu-system-common clang-format
+            qemu-system-common clang-format clang libclang-rt-14-dev
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \

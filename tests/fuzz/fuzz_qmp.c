@@ -150,13 +150,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     verbose = getenv("FUZZ_VERBOSE") != NULL;
     fuzz_sandbox_init("qmp");
     atexit(cleanup);
-    if (system("qemu-img create -q -f qcow2 base.qcow2 1M && "
-               "qemu-io -c 'write -P 0x11 0 64k' -c 'write -P 0x22 512k 4k' "
-               "base.qcow2 >/dev/null && "
-               "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "
-               "top.qcow2 1M && "
-               "qemu-io -c 'write -P 0x33 64k 64k' top.qcow2 >/dev/null && "
-               "qemu-img create -q -f raw raw.img 64k") != 0) {
+    if (system(
+            "qemu-img create -q -f qcow2 -o cluster_size=4096 base.qcow2 1M && "
+            "qemu-io -c 'write -P 0x11 0 64k' -c 'write -P 0x22 512k 4k' "
+            "base.qcow2 >/dev/null && "
+            "qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F "
+            "qcow2 "
+            "top.qcow2 1M && "
+            "qemu-io -c 'write -P 0x33 64k 64k' top.qcow2 >/dev/null && "
+            "qemu-img create -q -f raw raw.img 64k") != 0) {
         fprintf(stderr, "fuzz: qemu-img/qemu-io failed\n");
         abort();
     }

@@ -12,13 +12,15 @@ bin="$dir/fuzz_$target"
 work="$dir/corpus-$target"
 art="$dir/artifacts"
 log="$dir/fuzz_$target.log"
+dict=
+[ -f "$here/$target.dict" ] && dict="$here/$target.dict"
 mkdir -p "$work" "$art"
 echo "fuzz_$target: ${secs}s"
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 \
     -max_len=131072 -print_final_stats=1 -artifact_prefix="$art/" \
-    ${FUZZ_ARGS:-} "$work" "$here/corpus/$target" >"$log" 2>&1
+    ${dict:+-dict="$dict"} ${FUZZ_ARGS:-} "$work" "$here/corpus/$target" >"$log" 2>&1
 rc=$?
 grep -E '^(#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::peak_rss_mb|Done )' "$log" | tail -n 5
 if [ $rc -ne 0 ]; then
