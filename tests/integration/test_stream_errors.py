@@ -57,9 +57,7 @@ def failing_run(policy, errno, action, error_text, offset, write=False):
         assert last_end(c, m) == {"device": "e0", "len": LEN,
                                   "offset": offset, "speed": 0,
                                   "type": "stream", "error": error_text}
-        # Leaks after a failed write into the top are checked once, in
-        # test_failed_write_leaks_nothing.
-        finish(c, d, raw, top, backing_kept=True, leaks_ok=write)
+        finish(c, d, raw, top, backing_kept=True)
 
 
 def test_eio_report():
@@ -116,7 +114,7 @@ def stopping_run(policy, errno, iostatus, offset, write=False):
         # The failed chunk was retried: success, nothing skipped.
         assert last_end(c, m) == {"device": "e0", "len": LEN, "offset": LEN,
                                   "speed": 0, "type": "stream"}
-        finish(c, d, raw, top, backing_kept=False, leaks_ok=write)
+        finish(c, d, raw, top, backing_kept=False)
 
 
 def test_eio_stop():
