@@ -115,11 +115,21 @@ class QSD(Daemon):
                "--monitor", "chardev=c0"] + list(args)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=self.log)
+        # The socket file exists a moment before qsd listens on it: ready
+        # means a connection is accepted (qsd serves one client at a time,
+        # so the probe is closed at once).
         deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(self.sock):
+        while True:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError("qsd did not start: " + self.logtext())
-            time.sleep(0.01)
+            try:
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                probe.connect(self.sock)
+                probe.close()
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                probe.close()
+                time.sleep(0.01)
 
 
 class QMP:
