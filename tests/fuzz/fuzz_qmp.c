@@ -207,9 +207,32 @@ static void teardown(void)
     uv_run(loop, UV_RUN_NOWAIT);
 }
 
+/* Some job has work the loop will finish soon (I/O in flight, a step to
+ * run, its ending under way); sleeping (rate-limited), paused or waiting
+ * jobs do not count. */
+static bool jobs_active(void)
+{
+    for (struct job *j = job_first(); j; j = job_next(j)) {
+        if (j->in_flight || j->settling || (j->busy && !j->sleeping)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void run_loop(struct ctx *c)
+{
+    for (int i = 0;
+         i < 10000 && (jobs_active() || qmp_session_busy(c->s)) && !c->quit;
+         i++) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct ctx c = {NULL, false};
+    const char *p = (const char *)data, *end = p + size;
 
     for (size_t i = 0; i < sizeof(images) / sizeof(images[0]); i++) {
         fuzz_write_file(images[i].name, images[i].data, images[i].len);
@@ -220,19 +243,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     qmp_session_greet(c.s);
-    qmp_session_feed(c.s, (const char *)data, size);
-    /* Deferred replies wait for asynchronous work on the loop. */
-    for (int i = 0; qmp_session_busy(c.s) && !c.quit && i < 100000; i++) {
-        uv_run(loop, UV_RUN_ONCE);
+    /* Line by line, letting jobs and deferred replies progress between
+     * lines, as a client typing commands would. */
+    while (p < end && !c.quit) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+
+        qmp_session_feed(c.s, p, n);
+        p += n;
+        run_loop(&c);
     }
-    /* Give running jobs a little time (never blocking: a paused job would
-     * wait for ever). */
-    for (int i = 0; job_any() && i < 200; i++) {
-        uv_run(loop, UV_RUN_NOWAIT);
-    }
+    /* The client goes away: its session stops at once but is freed only
+     * after the jobs it started have stopped, as in the daemon (deferred
+     * replies then reach a stopped session). */
     qmp_session_stop(c.s);
-    qmp_session_free(c.s);
     teardown();
+    qmp_session_free(c.s);
     fuzz_guard = false;
     return 0;
 }
