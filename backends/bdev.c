@@ -1313,9 +1313,12 @@ int bdev_change_backing(struct bdev *bs, struct bdev *new_backing,
 
 /* ---- reopen -------------------------------------------------------------- */
 
+/* QEMU reopens a read-only format node read-write for a job unless a
+ * protocol node under it was added read-only explicitly: the format node's
+ * own flag does not count. */
 static bool explicit_ro_below(const struct bdev *bs)
 {
-    for (; bs; bs = bs->file) {
+    for (bs = bs->file; bs; bs = bs->file) {
         if (bs->explicit_ro) {
             return true;
         }
