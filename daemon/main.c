@@ -596,8 +596,7 @@ static int open_sockets(uv_loop_t *loop, struct config *cfg)
         char label[64];
 
         limits.readonly = !strcmp(names[i], "readonly");
-        snprintf(label, sizeof(label), "%s%sfd %d", names[i],
-                 *names[i] ? " " : "", 3 + i);
+        snprintf(label, sizeof(label), "'%s'", names[i]);
         servers[n_servers] = server_adopt(loop, 3 + i, label, &limits);
         if (!servers[n_servers]) {
             ret = -1;

@@ -183,8 +183,8 @@ struct server *server_adopt(uv_loop_t *loop, int fd, const char *name,
         uv_close((uv_handle_t *)&srv->pipe, on_server_closed);
         return NULL;
     }
-    log_msg(LOG_LVL_INFO, "listening on %s (socket activation, fd %d)%s", name,
-            fd, limits->readonly ? " (read-only)" : "");
+    log_msg(LOG_LVL_INFO, "listening on passed socket %s (fd %d)%s", name, fd,
+            limits->readonly ? " (read-only)" : "");
     return srv;
 }
 

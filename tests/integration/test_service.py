@@ -291,8 +291,9 @@ def test_socket_activation_listen_fds():
         r.negotiate()
         assert "read-only" in r.err("quit")["desc"]
         text = open(log.name).read()
-        assert "listening on qmp fd 3 (socket activation, fd 3)" in text, text
-        assert "(read-only)" in text
+        assert "listening on passed socket 'qmp' (fd 3)\n" in text, text
+        assert "listening on passed socket 'readonly' (fd 4) (read-only)" in (
+            text), text
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc) == 0, open(log.name).read()
         # the manager's socket files are not ours to remove
