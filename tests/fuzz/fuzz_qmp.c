@@ -251,11 +251,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         qmp_session_feed(c.s, p, n);
         p += n;
-        run_loop(&c);
+        if (p < end) {
+            run_loop(&c);
+        }
     }
-    /* The client goes away: its session stops at once but is freed only
-     * after the jobs it started have stopped, as in the daemon (deferred
-     * replies then reach a stopped session). */
+    /* The client goes away right after its last line: its session stops
+     * at once but is freed only after the jobs it started have stopped, as
+     * in the daemon (a reply still deferred then reaches a stopped
+     * session). */
     qmp_session_stop(c.s);
     teardown();
     qmp_session_free(c.s);
