@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "backends/bdev.h"
+#include "backends/bdev_int.h"
 #include "jobs/job.h"
 #include "jobs/job_qmp.h"
 #include "protocol/json.h"
@@ -203,8 +204,17 @@ static void teardown(void)
         qmp_error_clear(&err);
     }
     uv_run(loop, UV_RUN_NOWAIT);
+    if (job_first()) {
+        fprintf(stderr, "fuzz: job '%s' left after shutdown and dismiss\n",
+                job_first()->id);
+        abort();
+    }
     bdev_close_all();
     uv_run(loop, UV_RUN_NOWAIT);
+    if (bdev_all_nodes()) {
+        fprintf(stderr, "fuzz: node left after bdev_close_all\n");
+        abort();
+    }
 }
 
 /* Some job has work the loop will finish soon (I/O in flight, a step to
