@@ -7,6 +7,10 @@ set -u
 cd "$(dirname "$0")/../.."
 build=${BUILD:-build}
 secs=${FUZZ_SMOKE_TIME:-30}
+if [ -n "${BLOCKJOBD_WRAPPER:-}" ]; then
+    echo "skip: the fuzzers carry their own sanitizers (run by make check)"
+    exit 77
+fi
 if ! command -v clang >/dev/null; then
     echo "skip: clang not installed (make deps installs it)"
     exit 77
