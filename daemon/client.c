@@ -19,6 +19,7 @@ struct client {
     size_t queued; /* bytes handed to uv_write and not yet written */
     unsigned id;
     bool closing;
+    bool negotiated;
     bool flushing; /* shutdown: closes once its output is written */
     struct ucred cred;
     uv_shutdown_t shutdown_req;
@@ -211,6 +212,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0 && !c->closing) {
         qmp_session_feed(c->session, buf->base, (size_t)nread);
+        if (!c->negotiated && qmp_session_negotiated(c->session)) {
+            c->negotiated = true; /* from now on it receives events */
+            log_msg(LOG_LVL_DEBUG, "client %u: capabilities negotiated",
+                    c->id);
+        }
         /* While a reply is deferred, later requests wait: stop reading so
          * at most one buffer of input is held. */
         if (!c->closing && qmp_session_busy(c->session)) {

@@ -703,9 +703,9 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
     }
     node = argv[optind];
     json_object_set_new(args, "device", json_string(node));
-    if (job_id) {
-        json_object_set_new(args, "job-id", json_string(job_id));
-    }
+    /* A job on a node without a device name needs an explicit id
+     * (QEMU refuses an empty one): default to the node's name. */
+    json_object_set_new(args, "job-id", json_string(job_id ? job_id : node));
     if (!c) {
         json_decref(args);
         return -1; /* arguments checked; connect and run */
@@ -715,7 +715,6 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
         printf("%s\n", job_id ? job_id : node);
         return 0;
     }
-    /* QEMU names the job after the device when no job-id is given. */
     return wait_job(c, job_id ? job_id : node);
 }
 
