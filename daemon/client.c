@@ -214,8 +214,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         qmp_session_feed(c->session, buf->base, (size_t)nread);
         if (!c->negotiated && qmp_session_negotiated(c->session)) {
             c->negotiated = true; /* from now on it receives events */
-            log_msg(LOG_LVL_DEBUG, "client %u: capabilities negotiated",
-                    c->id);
+            log_msg(LOG_LVL_DEBUG, "client %u: capabilities negotiated", c->id);
         }
         /* While a reply is deferred, later requests wait: stop reading so
          * at most one buffer of input is held. */
