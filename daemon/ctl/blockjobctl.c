@@ -676,6 +676,7 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
             break;
         case 's':
             if (parse_bytes(optarg, &speed) < 0) {
+                json_decref(args);
                 return usage_error("stream: --speed: '%s' is not a number of "
                                    "bytes per second",
                                    optarg);
@@ -692,13 +693,16 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
             wait = true;
             break;
         case ':':
+            json_decref(args);
             return usage_error("stream: option '%s' needs an argument",
                                argv[optind - 1]);
         default:
+            json_decref(args);
             return usage_error("stream: unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc - 1) {
+        json_decref(args);
         return usage_error("stream: give exactly one NODE");
     }
     node = argv[optind];
@@ -728,8 +732,8 @@ int main(int argc, char **argv)
     const char *sock = getenv("BLOCKJOBD_SOCKET");
     struct conn c = {.fd = -1};
     const char *cmd;
-    long long n;
-    int opt, nargs;
+    long long n = 0;
+    int opt, nargs, rc;
     char **args;
 
     opterr = 0;
@@ -761,7 +765,7 @@ int main(int argc, char **argv)
 
     /* Check the arguments before connecting. */
     if (!strcmp(cmd, "stream")) {
-        int rc = cmd_stream(NULL, nargs, args);
+        rc = cmd_stream(NULL, nargs, args);
 
         if (rc >= 0) {
             return rc;
@@ -799,31 +803,30 @@ int main(int argc, char **argv)
 
     connect_qmp(&c, sock);
     if (!strcmp(cmd, "stream")) {
-        return cmd_stream(&c, nargs, args);
-    }
-    if (!strcmp(cmd, "jobs")) {
-        return cmd_jobs(&c);
-    }
-    if (!strcmp(cmd, "events")) {
-        return cmd_events(&c);
-    }
-    if (!strcmp(cmd, "qmp")) {
-        return cmd_qmp(&c, args[1]);
-    }
-    if (!strcmp(cmd, "pause")) {
-        return run_simple(&c, "block-job-pause",
-                          json_pack("{s:s}", "device", args[1]));
-    }
-    if (!strcmp(cmd, "resume")) {
-        return run_simple(&c, "block-job-resume",
-                          json_pack("{s:s}", "device", args[1]));
-    }
-    if (!strcmp(cmd, "cancel")) {
-        return run_simple(
+        rc = cmd_stream(&c, nargs, args);
+    } else if (!strcmp(cmd, "jobs")) {
+        rc = cmd_jobs(&c);
+    } else if (!strcmp(cmd, "events")) {
+        rc = cmd_events(&c);
+    } else if (!strcmp(cmd, "qmp")) {
+        rc = cmd_qmp(&c, args[1]);
+    } else if (!strcmp(cmd, "pause")) {
+        rc = run_simple(&c, "block-job-pause",
+                        json_pack("{s:s}", "device", args[1]));
+    } else if (!strcmp(cmd, "resume")) {
+        rc = run_simple(&c, "block-job-resume",
+                        json_pack("{s:s}", "device", args[1]));
+    } else if (!strcmp(cmd, "cancel")) {
+        rc = run_simple(
             &c, "block-job-cancel",
             json_pack("{s:s, s:b}", "device", args[1], "force", nargs == 3));
+    } else {
+        rc = run_simple(
+            &c, "block-job-set-speed",
+            json_pack("{s:s, s:I}", "device", args[1], "speed", (json_int_t)n));
     }
-    return run_simple(
-        &c, "block-job-set-speed",
-        json_pack("{s:s, s:I}", "device", args[1], "speed", (json_int_t)n));
+    close(c.fd);
+    free(c.buf);
+    json_decref(c.pending);
+    return rc;
 }
