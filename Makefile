@@ -116,7 +116,7 @@ check-layering:
 	 ! grep -n '#include *"daemon/' jobs/*.[ch] && echo "check-layering: ok"
 
 clean:
-	rm -rf build build-asan blockjobd
+	rm -rf build build-asan blockjobd blockjobctl
 
 # ---- fuzzing (libFuzzer, clang with ASan + UBSan) -----------------------------
 # `make fuzz` runs every target for FUZZ_TIME seconds; new inputs go to
