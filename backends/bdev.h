@@ -98,8 +98,8 @@ int bdev_block_status(struct bdev *bs, uint64_t offset, uint64_t bytes,
  * pnum the run sharing that answer. A range past the end of a shorter layer
  * is unallocated in it. */
 int bdev_is_allocated_above(struct bdev *top, struct bdev *bottom,
-                            uint64_t offset, uint64_t bytes,
-                            bdev_status_cb *cb, void *opaque);
+                            uint64_t offset, uint64_t bytes, bdev_status_cb *cb,
+                            void *opaque);
 
 /* Waits until no request is in flight on the node (and its children). */
 int bdev_drain(struct bdev *bs, bdev_cb *cb, void *opaque);
