@@ -194,6 +194,9 @@ def verify(chain):
 
 def wait_connect(path, proc, timeout=30.0):
     """Connects as soon as the socket answers; returns the socket."""
+    if isinstance(proc, Proc):
+        proc.wait_ready()
+        proc = proc.proc
     deadline = time.monotonic() + timeout
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -231,7 +234,10 @@ class Proc:
                 cmd += ["--chardev",
                         "socket,path=%s,server=on,wait=off,id=c%d" % (p, i),
                         "--monitor", "chardev=c%d" % i]
-            cmd += list(extra)
+            self.pidfile = os.path.join(workdir, "qsd.pid")
+            if os.path.exists(self.pidfile):
+                os.unlink(self.pidfile)
+            cmd += ["--pidfile", self.pidfile] + list(extra)
         for p in self.socks:
             if os.path.exists(p):
                 os.unlink(p)
@@ -240,11 +246,22 @@ class Proc:
                                      stdout=self.logf, stderr=self.logf)
         self.pid = self.proc.pid
 
+    def wait_ready(self, timeout=30.0):
+        """qsd: a client that connects before the monitor is set up may
+        never get its greeting; qsd writes the pidfile after start-up."""
+        if self.kind == "blockjobd":
+            return
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.pidfile):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("qsd did not start: " + self.logtext())
+            time.sleep(0.0002)
+
     def sock_for(self, i):
         return self.socks[0] if self.kind == "blockjobd" else self.socks[i]
 
     def connect(self, i=0, negotiate=True):
-        c = SockQMP(wait_connect(self.sock_for(i), self.proc))
+        c = SockQMP(wait_connect(self.sock_for(i), self))
         if negotiate:
             c.negotiate()
         return c
@@ -283,6 +300,9 @@ SYSTEMS = {
     "qsd": ("qsd", "default"),
     "qsd-native": ("qsd", "native"),
 }
+# --variant NAME=PATH: more blockjobd binaries streamed in the same rounds
+# (for measuring a tuning choice side by side); stream parts only.
+VARIANTS = {}
 
 
 def add_chain(c, chain, prefix, opts):
@@ -305,6 +325,7 @@ def stream_round(system, chains, workdir, binary, state):
     """One daemon, len(chains) streams at once. Returns a dict of figures
     or {'error': text}."""
     kind, opts = SYSTEMS[system]
+    binary = VARIANTS.get(system, binary)
     for ch in chains:
         fresh_top(ch)
     dropped = drop_caches(state)
@@ -453,14 +474,16 @@ def rtt_stats(xs):
     return {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "n": len(xs)}
 
 
-def small_chain(d):
+def small_chain(d, data):
+    """Every resume of a job held by speed=1 copies one more chunk (as in
+    QEMU), so the base holds enough data for all trials."""
     base = os.path.join(d, "q-base.qcow2")
     top = os.path.join(d, "q-top.qcow2")
     for p in (base, top):
         if os.path.exists(p):
             os.unlink(p)
-    run("qemu-img", "create", "-q", "-f", "qcow2", base, "16M")
-    run("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 16M", base)
+    run("qemu-img", "create", "-q", "-f", "qcow2", base, str(data))
+    run("qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 0 %d" % data, base)
     run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
         top)
     return base, top
@@ -478,8 +501,8 @@ def fanout(system, n, trials, workdir, binary):
     conns = []
     try:
         for i in range(n):
-            conns.append(Raw(wait_connect(p.sock_for(i), p.proc)))
-        base, top = small_chain(p.workdir)
+            conns.append(Raw(wait_connect(p.sock_for(i), p)))
+        base, top = small_chain(p.workdir, max(64, trials * 4 + 16) * MiB)
         ctl = conns[0]
 
         def cmd(obj):
@@ -526,6 +549,7 @@ def fanout(system, n, trials, workdir, binary):
                     except BlockingIOError:
                         pass
                     if fd not in left or want not in c.buf:
+                        c.buf = c.buf[c.buf.rfind(b"\n") + 1:]
                         continue
                     for line in c.buf.split(b"\n"):
                         if b"JOB_STATUS_CHANGE" in line and want in line:
@@ -565,7 +589,7 @@ def startup(system, trials, workdir, binary):
     for _ in range(trials):
         p = Proc(kind, os.path.join(workdir, "start-" + system), binary)
         try:
-            s = wait_connect(p.sock_for(0), p.proc)
+            s = wait_connect(p.sock_for(0), p)
             buf = b""
             while b"\n" not in buf:
                 buf += s.recv(4096)
@@ -590,22 +614,22 @@ def qmp_part(systems, args, workdir, binary, state):
     long_msg = ('{"execute":"query-block-jobs","id":"%s"}'
                 % ("x" * 1024)).encode()
     for system in systems:
-        if system == "qsd-native":
+        if system not in ("blockjobd", "qsd"):
             continue  # the monitor does not depend on the nodes' options
         kind = SYSTEMS[system][0]
         r = {}
         p = Proc(kind, os.path.join(workdir, "rtt-" + system), binary)
         try:
-            c = Raw(wait_connect(p.sock_for(0), p.proc))
+            c = Raw(wait_connect(p.sock_for(0), p))
             rtt(c, msg, 200)  # warm up
             r["1_client"] = rtt_stats(rtt(c, msg, args.qmp_iters))
             r["1_client_1k_id"] = rtt_stats(rtt(c, long_msg, args.qmp_iters))
             if kind == "blockjobd":
                 rss0 = status_kib(p.pid, "VmRSS")
-                others = [Raw(wait_connect(p.sock_for(0), p.proc))
+                others = [Raw(wait_connect(p.sock_for(0), p))
                           for _ in range(99)]
                 r["100_clients"] = rtt_stats(rtt(c, msg, args.qmp_iters))
-                more = [Raw(wait_connect(p.sock_for(0), p.proc))
+                more = [Raw(wait_connect(p.sock_for(0), p))
                           for _ in range(900)]
                 time.sleep(0.05)
                 rss1 = status_kib(p.pid, "VmRSS")
@@ -628,7 +652,7 @@ def qmp_part(systems, args, workdir, binary, state):
                                          workdir, binary)
     for n in (32, 1000):
         for system in systems:
-            if system == "qsd-native":
+            if system not in ("blockjobd", "qsd"):
                 continue
             if system == "qsd" and n > args.qsd_max_monitors:
                 res["fanout"].append({"system": system, "clients": n,
@@ -682,7 +706,8 @@ def stream_table(agg, title, total):
     lines = ["| %s | job s | durable s | MiB/s (durable) | CPU s | "
              "CPU s/GiB | peak RSS MiB | rounds ok |" % title,
              "|---|---|---|---|---|---|---|---|"]
-    for name in ("blockjobd", "qsd", "qsd-native", "fio"):
+    for name in (["blockjobd"] + sorted(VARIANTS) +
+                 ["qsd", "qsd-native", "fio"]):
         if name not in agg:
             continue
         a = agg[name]
@@ -1000,6 +1025,9 @@ def main():
     ap.add_argument("--blockjobd", default=os.environ.get(
         "BLOCKJOBD", os.path.join(ROOT, "blockjobd")))
     ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--variant", action="append", default=[],
+                    metavar="NAME=PATH", help="another blockjobd binary to "
+                    "stream in the same rounds (stream parts only)")
     args = ap.parse_args()
 
     for tool in ("qemu-img", "qemu-io", "qemu-storage-daemon", "fio"):
@@ -1009,6 +1037,11 @@ def main():
     binary = os.path.abspath(args.blockjobd)
     parts = args.only.split(",")
     systems = args.systems.split(",")
+    for v in args.variant:
+        name, path = v.split("=", 1)
+        SYSTEMS[name] = ("blockjobd", "default")
+        VARIANTS[name] = os.path.abspath(path)
+    stream_systems = systems + sorted(VARIANTS)
     size = parse_size(args.size)
     msize = parse_size(args.multi_size)
     if size % CLUSTER or msize % CLUSTER:
@@ -1058,7 +1091,7 @@ def main():
             log("bench: making a %s chain in %s" % (human(size), work))
             ch = make_chain(work, "one", size, rng)
             log("bench: single stream, %d rounds" % args.rounds)
-            rounds = rounds_of(systems + ["fio"], args.rounds,
+            rounds = rounds_of(stream_systems + ["fio"], args.rounds,
                                lambda n: fio_round([ch], work, state)
                                if n == "fio" else
                                stream_round(n, [ch], work, binary, state))
@@ -1073,7 +1106,7 @@ def main():
                    for i in range(args.multi_count)]
             log("bench: %d streams at once, %d rounds" % (args.multi_count,
                                                            args.rounds))
-            rounds = rounds_of(systems + ["fio"], args.rounds,
+            rounds = rounds_of(stream_systems + ["fio"], args.rounds,
                                lambda n: fio_round(chs, work, state)
                                if n == "fio" else
                                stream_round(n, chs, work, binary, state))
