@@ -56,6 +56,9 @@ static struct {
     struct later *later_head, *later_tail;
     struct drain_waiter *drains;
     uint64_t zero_writes_detected;
+    bool open_filters;         /* bdev_insert_filter is opening one */
+    struct bdev *filter_child; /* ... over this node (by pointer: it
+                                * need not be on the list) */
 } g;
 
 /* ---- deferred calls ---------------------------------------------------- */
@@ -343,6 +346,7 @@ static void node_free(struct bdev *bs)
     child_release(file);
     child_release(backing);
     json_decref(bs->full_opts);
+    free(bs->auto_backing);
     free(bs->claimed_by);
     free(bs->filename);
     free(bs->node_name);
@@ -458,6 +462,10 @@ static const struct bdev_driver *find_driver(const char *name)
         if (extra_drivers[i] && strcmp(extra_drivers[i]->name, name) == 0) {
             return extra_drivers[i];
         }
+    }
+    /* Filters are inserted by jobs, never named by users or headers. */
+    if (g.open_filters && strcmp(name, bdev_drv_copy_on_read.name) == 0) {
+        return &bdev_drv_copy_on_read;
     }
     return NULL;
 }
@@ -583,6 +591,120 @@ static void set_default_filename(struct bdev *bs)
     }
 }
 
+/* The backing name in the image header (what the driver reports as
+ * "backing-filename"), or NULL. */
+static char *header_backing_name(struct bdev *bs)
+{
+    json_t *info, *v;
+    char *name = NULL;
+
+    if (!bs->drv->info) {
+        return NULL;
+    }
+    info = json_object();
+    bs->drv->info(bs, info);
+    v = json_object_get(info, "backing-filename");
+    if (json_is_string(v) && json_string_value(v)[0]) {
+        name = strdup(json_string_value(v));
+    }
+    json_decref(info);
+    return name;
+}
+
+/* ---- reported file names ------------------------------------------------ */
+
+static bool is_json_name(const char *s)
+{
+    return s && strncmp(s, "json:", 5) == 0;
+}
+
+/* An implicit filter stands in for its child in every name. */
+static bool transparent(const struct bdev *bs)
+{
+    return bs->drv->is_filter && bs->implicit && bs->file;
+}
+
+static json_t *query_opts(struct bdev *bs);
+
+/* QEMU's bdrv_backing_overridden(): the backing is not what the header
+ * (as remembered at open or at the last backing change) names. */
+static bool backing_overridden(struct bdev *bs)
+{
+    char *name;
+    bool differs;
+
+    if (!bs->drv->has_backing) {
+        return false;
+    }
+    if (!bs->backing) {
+        return bs->auto_backing && bs->auto_backing[0];
+    }
+    name = bdev_query_filename(bs->backing);
+    differs = !name || strcmp(bs->auto_backing ? bs->auto_backing : "", name);
+    free(name);
+    return differs;
+}
+
+/* The options that name the node now (QEMU's full_open_options): what it
+ * was opened with, its children's current ones, and its backing's when
+ * that was overridden (null when removed). A new reference. */
+static json_t *query_opts(struct bdev *bs)
+{
+    json_t *o;
+
+    if (transparent(bs)) {
+        return query_opts(bs->file);
+    }
+    o = bs->full_opts ? json_copy(bs->full_opts) : json_object();
+    if (bs->file) {
+        /* "image" is blkdebug's name for its child. */
+        const char *key = json_object_get(o, "image") ? "image" : "file";
+
+        json_object_set_new(o, key, query_opts(bs->file));
+    }
+    if (backing_overridden(bs)) {
+        json_object_set_new(
+            o, "backing", bs->backing ? query_opts(bs->backing) : json_null());
+    }
+    return o;
+}
+
+static char *json_name(struct bdev *bs)
+{
+    json_t *o = query_opts(bs);
+    char *s = bdev_json_filename(o);
+
+    json_decref(o);
+    return s;
+}
+
+char *bdev_query_filename(struct bdev *bs)
+{
+    char *f;
+
+    if (transparent(bs)) {
+        return bdev_query_filename(bs->file);
+    }
+    if (!bs->file || !bs->drv->is_format) {
+        /* Protocol nodes and blkdebug: named at open; a json: name is
+         * rebuilt since the child's may have changed. */
+        return is_json_name(bs->filename) ? json_name(bs)
+                                          : strdup(bdev_filename(bs));
+    }
+    /* A format takes its file's plain name unless it is a (named) filter
+     * or its backing is not the one the header names. */
+    if (!bs->drv->is_filter && !backing_overridden(bs)) {
+        f = bdev_query_filename(bs->file);
+        if (!f || !is_json_name(f)) {
+            return f;
+        }
+        free(f);
+    }
+    return json_name(bs);
+}
+
+/* ---- opening ------------------------------------------------------------ */
+
 static struct bdev *open_node(json_t *opts, bool monitor,
                               const struct inherit *inh, struct qmp_error *err)
 {
@@ -668,13 +790,18 @@ static struct bdev *open_node(json_t *opts, bool monitor,
         struct inherit child_inh = mine;
 
         v = json_object_get(opts, "file");
-        if (!v) {
+        if (g.filter_child && drv->is_filter) {
+            bs->file = g.filter_child;
+            bdev_ref(bs->file);
+            bs->file->parents++;
+        } else if (!v) {
             qmp_error_setg(err, "Parameter 'file' is missing");
             goto fail;
-        }
-        bs->file = open_child(v, &child_inh, err);
-        if (!bs->file) {
-            goto fail;
+        } else {
+            bs->file = open_child(v, &child_inh, err);
+            if (!bs->file) {
+                goto fail;
+            }
         }
     }
 
@@ -710,6 +837,9 @@ static struct bdev *open_node(json_t *opts, bool monitor,
         goto fail_opened;
     }
     set_default_filename(bs);
+    if (drv->has_backing && !bs->auto_backing) {
+        bs->auto_backing = header_backing_name(bs);
+    }
     return bs;
 
 fail_opened:
@@ -727,6 +857,7 @@ fail : {
         /* The id is spent, like QEMU's, so nothing to give back. */
     }
     json_decref(bs->full_opts);
+    free(bs->auto_backing);
     free(bs->filename);
     free(bs->node_name);
     free(bs->state);
@@ -744,6 +875,90 @@ struct bdev *bdev_open_child(json_t *ref, bool read_only, struct qmp_error *err)
     struct inherit inh = {.read_only = read_only};
 
     return open_child(ref, &inh, err);
+}
+
+/* ---- filters ------------------------------------------------------------ */
+
+/* Every node that uses `from` as its file or backing child uses `to`
+ * instead (except `skip`, the filter itself). */
+static void replace_in_parents(struct bdev *from, struct bdev *to,
+                               struct bdev *skip)
+{
+    for (struct bdev *p = g.nodes; p; p = p->next) {
+        if (p == skip) {
+            continue;
+        }
+        if (p->file == from) {
+            bdev_ref(to);
+            to->parents++;
+            p->file = to;
+            from->parents--;
+            bdev_unref(from);
+        }
+        if (p->backing == from) {
+            bdev_ref(to);
+            to->parents++;
+            p->backing = to;
+            from->parents--;
+            bdev_unref(from);
+        }
+    }
+}
+
+struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
+                                const char *node_name, struct qmp_error *err)
+{
+    struct qmp_error lerr = QMP_ERROR_INIT;
+    struct bdev *f;
+    json_t *opts;
+
+    opts = json_pack("{s:s}", "driver", driver);
+    if (!opts) {
+        qmp_error_setg(err, "Out of memory");
+        return NULL;
+    }
+    if (node_name) {
+        json_object_set_new(opts, "node-name", json_string(node_name));
+    }
+    g.open_filters = true;
+    g.filter_child = bs;
+    f = open_node(opts, false, NULL, &lerr);
+    g.open_filters = false;
+    g.filter_child = NULL;
+    json_decref(opts);
+    if (f && !f->drv->is_filter) {
+        bdev_unref(f);
+        f = NULL;
+        qmp_error_setg(&lerr, "'%s' is not a filter driver", driver);
+    }
+    if (!f) {
+        qmp_error_setg(err, "Could not create node: %s",
+                       lerr.desc ? lerr.desc : "unknown error");
+        qmp_error_clear(&lerr);
+        return NULL;
+    }
+    /* A named filter is the user's to see under that name; only an
+     * auto-named one stands in for its child (QEMU's bs->implicit). */
+    f->implicit = node_name == NULL;
+    replace_in_parents(bs, f, f);
+    perm_refresh(f, NULL); /* a filter passes its parents' needs down */
+    return f;
+}
+
+void bdev_remove_filter(struct bdev *filter)
+{
+    struct bdev *child = filter->file;
+
+    if (child) {
+        replace_in_parents(filter, child, NULL);
+        perm_refresh(child, NULL);
+    }
+    bdev_unref(filter);
+}
+
+void bdev_set_job_io_node(struct bdev *bs, bool on)
+{
+    bs->job_io_node = on;
 }
 
 static int probe_format(const char *path, const char **fmt,
@@ -802,6 +1017,12 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
     json_object_set_new(fopts, "filename", json_string(path));
     json_object_set_new(opts, "file", fopts);
     bs = open_child(opts, &inh, &lerr);
+    if (bs) {
+        /* QEMU remembers the opened backing's name as what the header
+         * means: this backing is not an override. */
+        free(parent->auto_backing);
+        parent->auto_backing = bs->filename ? strdup(bs->filename) : NULL;
+    }
 out_err:
     if (!bs) {
         qmp_error_setg(err, "Could not open backing file: %s",
@@ -1174,6 +1395,11 @@ static void above_step(struct above_op *op)
     uint64_t n = op->n;
     int ret;
 
+    /* Filters hold nothing of their own: look through them. */
+    while (op->cur && op->cur != op->bottom && op->cur->drv->is_filter &&
+           op->cur->file) {
+        op->cur = op->cur->file;
+    }
     if (!op->cur) {
         above_finish(op, 0, 0, op->n);
         return;
@@ -1254,6 +1480,12 @@ static void chg_header_done(void *opaque, int ret)
         }
         op->bs->backing = op->new_backing;
         child_release(old);
+    }
+    /* The header now names what it was told: that is no override (QEMU
+     * sets auto_backing_file with the header). */
+    free(op->bs->auto_backing);
+    op->bs->auto_backing = op->file ? strdup(op->file) : NULL;
+    if (old != op->new_backing) {
         if (op->new_backing) {
             perm_refresh(op->new_backing, NULL);
         }

@@ -72,6 +72,23 @@ int bdev_claim(struct bdev *bs, const char *reason, struct qmp_error *err);
 void bdev_release(struct bdev *bs);
 const char *bdev_claimed_by(const struct bdev *bs); /* NULL if free */
 
+/* Filters (QEMU's bdrv_insert_node / bdrv_drop_filter). bdev_insert_filter()
+ * opens a node of filter driver `driver` ("copy-on-read") whose `file` child
+ * is `bs`, and makes every node that used `bs` as a child use the filter
+ * instead. node_name NULL: an implicit #blockN name, and the filter reports
+ * its child's file name; otherwise the name is checked like blockdev-add's
+ * ("Could not create node: Duplicate nodes with node-name='x'", "... Invalid
+ * node-name: '#x'", "... Node name too long"). Returns the filter, held by
+ * the caller's reference, or NULL.
+ * bdev_remove_filter() gives the filter's parents its child back and drops
+ * the caller's reference; the filter must have no request in flight. */
+struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
+                                const char *node_name, struct qmp_error *err);
+void bdev_remove_filter(struct bdev *filter);
+/* Marks the node a job does its I/O through: blockdev-del of it fails with
+ * "Node X is in use" (QEMU: a BlockBackend is attached). */
+void bdev_set_job_io_node(struct bdev *bs, bool on);
+
 /* Switches a node (and its file child) between read-only and read-write.
  * Fails with "Block node is read-only" when the node or a child was added
  * read-only explicitly. Synchronous (reopens the file). */

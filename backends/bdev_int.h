@@ -100,6 +100,11 @@ struct bdev_driver {
     /* Additive: bytes the node takes on disk (query's actual-size); NULL:
      * bdev/blockdev_qmp decide (stat of the file name). */
     int64_t (*allocated_size)(struct bdev *bs);
+    /* Additive: a filter (copy-on-read): one `file` child whose data it
+     * shows unchanged. query-named-block-nodes shows the child as its
+     * backing image; an implicit (#blockN) filter takes its child's file
+     * name. */
+    bool is_filter;
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
@@ -138,6 +143,14 @@ struct bdev {
     unsigned shared_perm;      /* BDEV_PERM_* its parents let others have */
     json_t *full_opts;         /* options naming the node (for json: names) */
     void *drain_priv;          /* bdev.c's */
+    /* Additive: the backing name the image header gave at open (or the
+     * implicitly opened backing's file name), QEMU's auto_backing_file: a
+     * backing that differs from it was overridden, which makes the node's
+     * reported file name a json: one. NULL: no backing named. */
+    char *auto_backing;
+    /* Additive: a job does its I/O through this node (QEMU: the job's
+     * BlockBackend sits on it), so blockdev-del says "Node X is in use". */
+    bool job_io_node;
 };
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new
@@ -158,6 +171,11 @@ struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
  * QEMU's QDict iterates them (by hash bucket), so names match qsd's.
  * malloc'd. */
 char *bdev_json_filename(json_t *opts);
+/* The file name query-named-block-nodes reports, computed now as QEMU's
+ * bdrv_refresh_filename does: json:{...} when the node's file child has
+ * none plain or its backing was overridden; an implicit filter takes its
+ * child's. malloc'd (NULL only without memory). */
+char *bdev_query_filename(struct bdev *bs);
 /* The newest node; follow ->next for the rest (query order). */
 struct bdev *bdev_all_nodes(void);
 /* Tests: an extra driver found by name (up to 4). */
@@ -191,5 +209,6 @@ extern const struct bdev_driver bdev_drv_raw;
 extern const struct bdev_driver bdev_drv_qcow2;
 extern const struct bdev_driver bdev_drv_null_co;
 extern const struct bdev_driver bdev_drv_blkdebug;
+extern const struct bdev_driver bdev_drv_copy_on_read;
 
 #endif

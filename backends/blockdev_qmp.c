@@ -167,13 +167,14 @@ static const char schema[] =
     "]";
 
 /* The node query-named-block-nodes shows under `bs` as its backing: the
- * real backing, or the filtered child of a filter (blkdebug), like qsd. */
+ * real backing, or the filtered child of a filter (blkdebug,
+ * copy-on-read), like qsd. */
 static struct bdev *shown_backing(const struct bdev *bs)
 {
     if (bs->backing) {
         return bs->backing;
     }
-    if (bs->drv->debug_event && bs->file) {
+    if ((bs->drv->debug_event || bs->drv->is_filter) && bs->file) {
         return bs->file;
     }
     return NULL;
@@ -221,6 +222,17 @@ static void move_key(json_t *dst, json_t *src, const char *key)
     }
 }
 
+/* A reported name as a JSON string (the name computed now, see
+ * bdev_query_filename). */
+static json_t *name_value(struct bdev *bs)
+{
+    char *name = bdev_query_filename(bs);
+    json_t *v = json_string(name ? name : bdev_filename(bs));
+
+    free(name);
+    return v;
+}
+
 static json_t *image_info(struct bdev *bs, bool flat)
 {
     json_t *img = json_object(), *drv = json_object();
@@ -241,7 +253,7 @@ static json_t *image_info(struct bdev *bs, bool flat)
                         json_integer(strcmp(bs->drv->name, "file") == 0
                                          ? (bdev_length(bs) + 511) / 512 * 512
                                          : bdev_length(bs)));
-    json_object_set_new(img, "filename", json_string(bdev_filename(bs)));
+    json_object_set_new(img, "filename", name_value(bs));
     if (json_object_get(drv, "cluster-size")) {
         move_key(img, drv, "cluster-size");
     } else if (bs->cluster_size) {
@@ -291,8 +303,7 @@ static json_t *device_info(struct bdev *bs, bool flat)
     json_object_set_new(o, "bps_wr", json_integer(0));
     json_object_set_new(o, "write_threshold", json_integer(0));
     if (bs->backing) {
-        json_object_set_new(o, "backing_file",
-                            json_string(bdev_filename(bs->backing)));
+        json_object_set_new(o, "backing_file", name_value(bs->backing));
     }
     json_object_set_new(o, "encrypted", json_false());
     json_object_set_new(o, "bps", json_integer(0));
@@ -301,7 +312,9 @@ static json_t *device_info(struct bdev *bs, bool flat)
                         json_pack("{s:b, s:b, s:b}", "no-flush",
                                   bs->cache_no_flush, "direct",
                                   bs->cache_direct, "writeback", 1));
-    json_object_set_new(o, "file", json_string(bdev_filename(bs)));
+    /* The same name as the image's (computed once). */
+    json_object_set(o, "file",
+                    json_object_get(json_object_get(o, "image"), "filename"));
     return o;
 }
 
@@ -343,6 +356,10 @@ struct del_op {
 
 static int del_check(struct bdev *bs, int extra_refs, struct qmp_error *err)
 {
+    if (bs->job_io_node) {
+        qmp_error_setg(err, "Node %s is in use", bs->node_name);
+        return -EBUSY;
+    }
     if (bs->claimed_by) {
         qmp_error_setg(err,
                        "Node '%s' is busy: block device is in use by block "

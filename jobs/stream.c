@@ -4,8 +4,11 @@
  * what the top already holds (skipped), a query of the chain from the top's
  * backing down to the lowest copied node says what must be copied. Copy runs
  * are cut into chunks issued up to the queue depth; each chunk is read
- * through the top (so unallocated ranges come from the chain) and written
- * into the top (zeroes as write-zeroes, as QEMU's copy-on-read does).
+ * through the copy-on-read filter inserted above the top (so unallocated
+ * ranges come from the chain) and written into the top (zeroes as
+ * write-zeroes, as QEMU's copy-on-read does). The filter lives from the
+ * start until the job's prepare (success) or clean (failure, cancel), as
+ * in QEMU, so query-named-block-nodes shows the same graph.
  *
  * Progress is the contiguous prefix of the disk that is done: the lowest
  * offset of any chunk not finished (in flight, held for a retry after a
@@ -45,6 +48,7 @@ struct stream_req {
 struct stream_job {
     struct blockjob common; /* first */
     struct bdev *top;
+    struct bdev *filter; /* copy-on-read above top; NULL once removed */
     struct bdev *base;   /* new backing; NULL: none */
     struct bdev *bottom; /* lowest node copied from; NULL: nothing to copy */
     char *backing_file;
@@ -195,7 +199,8 @@ static void issue_req(struct stream_req *r)
 
     r->st = REQ_BUSY;
     job_io_begin(&s->common.job);
-    ret = bdev_read(s->top, r->off, r->bytes, r->buf, read_done, r);
+    ret = bdev_read(s->filter ? s->filter : s->top, r->off, r->bytes, r->buf,
+                    read_done, r);
     if (ret < 0) {
         read_done(r, ret);
     }
@@ -354,6 +359,18 @@ static void stream_run(struct job *job)
     }
 }
 
+/* Gives the top its parents back (nothing is in flight: prepare and clean
+ * run after the last request). */
+static void remove_filter(struct stream_job *s)
+{
+    if (s->filter) {
+        bdev_release(s->filter);
+        bdev_set_job_io_node(s->filter, false);
+        bdev_remove_filter(s->filter);
+        s->filter = NULL;
+    }
+}
+
 static void prepare_done(void *opaque, int ret)
 {
     struct stream_job *s = opaque;
@@ -371,6 +388,7 @@ static void stream_prepare(struct job *job, job_done_fn *done)
     const char *file = NULL, *fmt = NULL;
     int ret;
 
+    remove_filter(s); /* QEMU drops it before the backing changes */
     if (!bdev_backing(s->top)) {
         done(job, 0);
         return;
@@ -389,6 +407,7 @@ static void stream_prepare(struct job *job, job_done_fn *done)
 
 static void release_nodes(struct stream_job *s)
 {
+    remove_filter(s);
     for (size_t i = 0; i < s->n_claimed; i++) {
         bdev_release(s->claimed[i]);
     }
@@ -443,7 +462,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
 {
     struct stream_job *s;
     struct job *job;
-    struct bdev *n, *bottom = NULL;
+    struct bdev *n, *bottom = NULL, *filter;
     size_t n_nodes = 0;
     uint32_t cluster;
     bool reopened = false;
@@ -463,18 +482,29 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         }
         reopened = true;
     }
+    /* As QEMU: the filter before the job, so its name is checked before
+     * the job id, and after the reopen. */
+    filter =
+        bdev_insert_filter(p->top, "copy-on-read", p->filter_node_name, err);
+    if (!filter) {
+        goto fail_reopen;
+    }
     job = job_create(&stream_driver, p->job_id, bdev_loop(), p->auto_finalize,
                      p->auto_dismiss, err);
     if (!job) {
-        goto fail_reopen;
+        goto fail_filter;
     }
     s = to_stream(job);
     s->common.on_error = p->on_error;
     ratelimit_init(&s->common.rl);
     if (blockjob_set_speed(&s->common, p->speed, err) < 0) {
         job_early_fail(job);
-        goto fail_reopen;
+        goto fail_filter;
     }
+    /* The job's I/O node: blocked for other jobs, not deletable. */
+    s->filter = filter;
+    bdev_claim(filter, "stream", NULL);
+    bdev_set_job_io_node(filter, true);
     s->reopened_rw = reopened;
     s->top = p->top;
     s->base = p->base;
@@ -522,6 +552,8 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     job_start(job);
     return job;
 
+fail_filter:
+    bdev_remove_filter(filter);
 fail_reopen:
     if (reopened) {
         bdev_reopen(p->top, false, NULL);
@@ -568,11 +600,6 @@ static bool same_file(const char *a, const char *b)
         return true;
     }
     return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
-}
-
-static bool node_name_ok(const char *name)
-{
-    return job_id_wellformed(name) && strlen(name) <= 31;
 }
 
 static void stream_reply_settled(void *opaque)
@@ -670,18 +697,6 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
             err, "backing file specified, but streaming the entire chain");
         return NULL;
     }
-    if (filter && !node_name_ok(filter)) {
-        qmp_error_setg(err, "Could not create node: Invalid node-name: '%s'",
-                       filter);
-        return NULL;
-    }
-    if (filter && bdev_find(filter)) {
-        qmp_error_setg(err,
-                       "Could not create node: Duplicate nodes with "
-                       "node-name='%s'",
-                       filter);
-        return NULL;
-    }
     p.job_id = arg_str(args, "job-id");
     if (!p.job_id) {
         p.job_id = ""; /* no BlockBackend name: QEMU says Invalid job ID '' */
@@ -689,6 +704,7 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
     p.top = top;
     p.base = bottom_bs ? bdev_backing(bottom_bs) : base_bs;
     p.backing_file = backing_file;
+    p.filter_node_name = filter;
     p.speed = json_integer_value(json_object_get(args, "speed"));
     p.on_error =
         on_error ? blockjob_on_error_parse(on_error) : BLOCKJOB_ON_ERROR_REPORT;

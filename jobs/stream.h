@@ -26,6 +26,9 @@ struct stream_params {
     bool auto_finalize;
     bool auto_dismiss;
     unsigned queue_depth; /* 0: STREAM_QUEUE_DEPTH */
+    /* Name of the copy-on-read filter inserted above the top for the job's
+     * lifetime; NULL: an implicit #blockN. */
+    const char *filter_node_name;
 };
 
 /* Checks, claims and starts a stream job (events `created`, `running`).
