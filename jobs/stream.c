@@ -110,12 +110,35 @@ static bool buffer_is_zero(const void *buf, size_t len)
     return true;
 }
 
-/* A request failed (read or write: stream always reports "read"). */
+static bool any_held(const struct stream_job *s)
+{
+    for (unsigned i = 0; i < s->depth; i++) {
+        if (s->reqs[i].st == REQ_HELD) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A request failed (read or write: stream always reports "read").
+ * QEMU copies one chunk at a time, so it decides (and emits
+ * BLOCK_JOB_ERROR) once per stop or end; with several chunks in flight the
+ * ones failing after a decision follow it silently: behind a stop they are
+ * held for the retry after resume (QEMU would only reach them then), after
+ * a report they just end. */
 static void req_failed(struct stream_req *r, int ret)
 {
     struct stream_job *s = r->s;
     enum blockjob_action action;
 
+    if (s->failing) {
+        r->st = REQ_DEAD;
+        return;
+    }
+    if (any_held(s)) {
+        r->st = REQ_HELD;
+        return;
+    }
     action = blockjob_error_action(&s->common, ret, true);
     switch (action) {
     case BLOCKJOB_ACTION_STOP:
@@ -223,7 +246,9 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
     struct stream_job *s = opaque;
 
     s->querying = false;
-    if (ret < 0) {
+    if (ret < 0 && (s->failing || any_held(s))) {
+        /* Decided already (see req_failed): asked again after resume. */
+    } else if (ret < 0) {
         /* Treated like a failed read of one chunk. */
         enum blockjob_action a = blockjob_error_action(&s->common, ret, true);
 

@@ -12,6 +12,7 @@ struct fake_state {
     uint32_t cluster;
     uint64_t inject_off;
     int inject_errno;
+    int fail_all_errno;
     char *backing_file, *backing_fmt;
     int changes;
 };
@@ -188,6 +189,11 @@ void fake_bdev_inject(struct bdev *bs, uint64_t off, int errno_)
     st(bs)->inject_errno = errno_;
 }
 
+void fake_bdev_fail_all(struct bdev *bs, int errno_)
+{
+    st(bs)->fail_all_errno = errno_;
+}
+
 const char *fake_bdev_backing_file(struct bdev *bs)
 {
     return st(bs)->backing_file;
@@ -228,6 +234,9 @@ static int do_req(struct bdev *bs, struct bdev_req *req)
     struct fake_state *s = st(bs);
     uint64_t end = req->offset + req->bytes;
 
+    if (s->fail_all_errno && req->op != BDEV_OP_FLUSH) {
+        return -s->fail_all_errno;
+    }
     if (s->inject_errno && req->op != BDEV_OP_FLUSH &&
         s->inject_off >= req->offset && s->inject_off < end) {
         int e = s->inject_errno;

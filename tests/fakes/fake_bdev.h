@@ -18,6 +18,9 @@ bool fake_bdev_allocated(struct bdev *bs, uint64_t off);
 int fake_bdev_read_byte(struct bdev *bs, uint64_t off);
 /* The next request (read/write) covering `off` fails with -errno_ (once). */
 void fake_bdev_inject(struct bdev *bs, uint64_t off, int errno_);
+/* Every read or write on the node fails with errno_ until called again
+ * with 0 (a full disk, a dead device). */
+void fake_bdev_fail_all(struct bdev *bs, int errno_);
 /* Header strings given to change_backing (NULL if none / never). */
 const char *fake_bdev_backing_file(struct bdev *bs);
 const char *fake_bdev_backing_fmt(struct bdev *bs);

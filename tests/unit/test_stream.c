@@ -269,6 +269,53 @@ static void test_enospc(void **state)
     dismiss(job);
 }
 
+/* Every chunk in flight fails: QEMU, one chunk at a time, decides once, so
+ * one BLOCK_JOB_ERROR, one pause; the others are retried after resume. */
+static void test_stop_many_in_flight(void **state)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct job *job;
+
+    (void)state;
+    fake_bdev_fail_all(top, ENOSPC);
+    job = start("s0", NULL, BLOCKJOB_ON_ERROR_ENOSPC, 0);
+    pump();
+    assert_int_equal(job->status, JOB_STATUS_PAUSED);
+    assert_string_equal(events, "created running ERROR(\"action\": \"stop\") "
+                                "paused ");
+    /* Still full: the retries fail again, once more one event. */
+    job_user_resume(job, &err);
+    pump();
+    assert_int_equal(job->status, JOB_STATUS_PAUSED);
+    fake_bdev_fail_all(top, 0);
+    job_user_resume(job, &err);
+    pump();
+    assert_string_equal(events, "created running ERROR(\"action\": \"stop\") "
+                                "paused running ERROR(\"action\": \"stop\") "
+                                "paused running waiting pending "
+                                "BLOCK_JOB_COMPLETED concluded ");
+    dismiss(job);
+    check_flattened();
+}
+
+static void test_report_many_in_flight(void **state)
+{
+    struct job *job;
+
+    (void)state;
+    fake_bdev_fail_all(top, EIO);
+    job = start("s0", NULL, BLOCKJOB_ON_ERROR_REPORT, 0);
+    pump();
+    assert_string_equal(events, "created running ERROR(\"action\": "
+                                "\"report\") aborting BLOCK_JOB_COMPLETED "
+                                "concluded ");
+    assert_non_null(strstr(last_end, "\"error\": \"Input/output error\""));
+    assert_ptr_equal(bdev_backing(top), mid);
+    assert_int_equal(fake_bdev_changes(top), 0);
+    fake_bdev_fail_all(top, 0);
+    dismiss(job);
+}
+
 static void test_eio_report(void **state)
 {
     struct job *job;
@@ -356,9 +403,17 @@ int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
-        T(test_full),       T(test_base_node), T(test_pause_in_flight),
-        T(test_eio_stop),   T(test_enospc),    T(test_eio_report),
-        T(test_eio_ignore), T(test_cancel),    T(test_busy_and_noop),
+        T(test_full),
+        T(test_base_node),
+        T(test_pause_in_flight),
+        T(test_eio_stop),
+        T(test_enospc),
+        T(test_eio_report),
+        T(test_stop_many_in_flight),
+        T(test_report_many_in_flight),
+        T(test_eio_ignore),
+        T(test_cancel),
+        T(test_busy_and_noop),
     };
 
     return cmocka_run_group_tests(tests, group_setup, NULL);
