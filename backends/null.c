@@ -29,8 +29,8 @@ static int null_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         return -EINVAL;
     }
     if (lat && (!json_is_integer(lat) || json_integer_value(lat) < 0)) {
-        qmp_error_setg(err, "Parameter 'latency-ns' expects a non-negative "
-                            "value");
+        /* QEMU's text for a negative or > INT64_MAX latency. */
+        qmp_error_setg(err, "latency-ns is invalid");
         return -EINVAL;
     }
     st->size = size ? (uint64_t)json_integer_value(size) : 1073741824ull;
