@@ -91,10 +91,32 @@ check: $(BIN) blockjobd $(UNIT_BIN)
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 check
 
+# The integration suite with every daemon under memcheck (tests/qmp.py's
+# Daemon honours BLOCKJOBD_WRAPPER): any memory error or leak (definite,
+# indirect or possible) makes the daemon exit 99 and its test fail.
+# Daemons killed by tests (crash test) are not leak-checked, only error-
+# checked. Timeouts are stretched for valgrind's slowness.
+VALGRIND_OPTS ?= -q --error-exitcode=99 --leak-check=full \
+  --show-leak-kinds=definite,indirect,possible \
+  --errors-for-leak-kinds=definite,indirect,possible --track-fds=no
 valgrind: $(BIN)
-	@BLOCKJOBD_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full \
-	  --errors-for-leak-kinds=definite" BLOCKJOBD=$(abspath $(BIN)) \
+	@command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
+	@BLOCKJOBD_WRAPPER="valgrind $(VALGRIND_OPTS)" \
+	  BLOCKJOBD=$(abspath $(BIN)) QMP_TIMEOUT=600 TEST_TIMEOUT=3600 \
 	  tests/run.sh $(sort $(wildcard tests/integration/test_*))
+
+# Long forms of the reliability tests: the load test for SOAK_TIME seconds
+# and SOAK_KILLS random SIGKILLs of block-stream (crash consistency).
+SOAK_TIME  ?= 600
+SOAK_KILLS ?= 200
+.PHONY: soak
+soak: $(BIN)
+	@set -e; export BLOCKJOBD=$(abspath $(BIN)) LOAD_TIME=$(SOAK_TIME) \
+	  CRASH_KILLS=$(SOAK_KILLS) CRASH_SEED=$${CRASH_SEED:-$$(date +%s)}; \
+	  echo "soak: load and hostility for $(SOAK_TIME) s"; \
+	  python3 tests/integration/test_load_clients.py; \
+	  echo "soak: $(SOAK_KILLS) kills of block-stream (seed $$CRASH_SEED)"; \
+	  python3 tests/integration/test_crash_stream.py
 
 SOCKET ?= /tmp/blockjobd.sock
 run: $(BIN)
