@@ -7,13 +7,16 @@ while uses speed=1 (after its first chunk the rate limit makes it sleep for
 hours, until the test changes the speed or pauses/cancels it)."""
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 ".."))
 from qmp import QSD as QSD_CLASS  # noqa: E402,F401
 from qmp import Daemon, QMP, Runner, require, skip  # noqa: E402,F401
+from qmp import TIMEOUT  # noqa: E402
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -200,16 +203,28 @@ def job_info(c, job):
     raise AssertionError("no block job %s" % job)
 
 
-def wait_first_chunk(c, job, min_offset=512 * KiB):
+def wait_first_chunk(c, job, min_offset=512 * KiB, timeout=None):
     """With speed=1 a job copies one chunk and then sleeps (also after a
     resume, which lets one chunk through as in QEMU): waits until a query
-    shows it sleeping (busy false) with at least `min_offset` done. Polls
-    the daemon's state, not the clock: each query is answered at once."""
-    for _ in range(100000):
+    shows it sleeping (busy false) with at least `min_offset` done.
+
+    Nothing is sent when a job goes to sleep, so this polls the daemon's
+    state: the state alone decides, the clock only bounds the wait (the QMP
+    timeout, like every other wait; not a count of queries, which a slow
+    disk on a loaded machine outlasts). Between queries it waits for
+    whatever the daemon sends, at most a pause growing from 1 to 50 ms, so
+    the queries do not take the CPU the job needs."""
+    deadline = time.monotonic() + (TIMEOUT if timeout is None else timeout)
+    pause = 0.001
+    while True:
         j = job_info(c, job)
         if j["offset"] >= min_offset and not j["busy"]:
             return j
-    raise AssertionError("job %s never slept: %r" % (job, j))
+        if time.monotonic() > deadline:
+            raise AssertionError("job %s never slept: %r" % (job, j))
+        if b"\n" not in c.buf:
+            select.select([c.s], [], [], pause)
+        pause = min(pause * 2, 0.05)
 
 
 # ---- wrong-state verbs ------------------------------------------------------
@@ -316,4 +331,9 @@ VALIDATION = [
      "Could not create node: Duplicate nodes with node-name='top'"),
     ({"device": "top", "job-id": "s1", "filter-node-name": "#bad"},
      "Could not create node: Invalid node-name: '#bad'"),
+    ({"device": "top", "job-id": "s1", "filter-node-name": "f" * 32},
+     "Could not create node: Node name too long"),
+    # The filter is made before the job: its name is checked first.
+    ({"device": "top", "job-id": "1j", "filter-node-name": "mid"},
+     "Could not create node: Duplicate nodes with node-name='mid'"),
 ]
