@@ -367,6 +367,17 @@ static int del_check(struct bdev *bs, int extra_refs, struct qmp_error *err)
                        bs->node_name, bs->claimed_by);
         return -EBUSY;
     }
+    /* QEMU blocks a backing node for its overlay (the newest one's name
+     * is given); the list is newest first. */
+    for (struct bdev *p = bdev_all_nodes(); p; p = p->next) {
+        if (p->backing == bs) {
+            qmp_error_setg(err,
+                           "Node '%s' is busy: node is used as backing hd "
+                           "of '%s'",
+                           bs->node_name, p->node_name);
+            return -EBUSY;
+        }
+    }
     if (!bs->monitor_owned) {
         qmp_error_setg(err, "Node %s is not owned by the monitor",
                        bs->node_name);

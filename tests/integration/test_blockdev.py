@@ -104,6 +104,8 @@ def test_implicit_chain():
         backing = [n for n in implicit if n["file"] != top]
         assert len(backing) == 4 and all(n["ro"] for n in backing), implicit
         midn = [n for n in fmt if n["file"] == mid][0]
+        midf = [n["node-name"] for n in implicit
+                if n["drv"] == "file" and n["file"] == mid][0]
         assert midn["image"]["format-specific"]["data"]["compat"] == "0.10"
         assert midn["backing_file"] == base, midn
 
@@ -115,9 +117,14 @@ def test_implicit_chain():
         assert "backing-image" not in bi["backing-image"], bi
         assert bi["backing-image"]["actual-size"] > 0, bi
 
-        # Implicit nodes are not the monitor's; deleting top frees them.
+        # Implicit nodes are not the monitor's (a backing one is refused
+        # first as the overlay's backing, as qsd does; its file child for
+        # not being the monitor's); deleting top frees them.
         c.err("blockdev-del", {"node-name": midn["node-name"]},
-              desc="Node %s is not owned by the monitor" % midn["node-name"])
+              desc="Node '%s' is busy: node is used as backing hd of 'top'"
+              % midn["node-name"])
+        c.err("blockdev-del", {"node-name": midf},
+              desc="Node %s is not owned by the monitor" % midf)
         c.ok("blockdev-del", {"node-name": "top"})
         assert nodes(c) == []
         assert check(top) == 0
@@ -165,10 +172,13 @@ def test_del_ordering():
         c.err("blockdev-add", {"driver": "qcow2", "node-name": "top",
                                "file": {"driver": "file", "filename": top}},
               desc="Duplicate nodes with node-name='top'")
+        # As qsd: a backing node is blocked for its overlay.
         c.err("blockdev-del", {"node-name": "base"},
-              desc="Block device base is in use")
+              desc="Node 'base' is busy: node is used as backing hd of "
+                   "'mid'")
         c.err("blockdev-del", {"node-name": "mid"},
-              desc="Block device mid is in use")
+              desc="Node 'mid' is busy: node is used as backing hd of "
+                   "'top'")
         c.err("blockdev-del", {"node-name": "nope"},
               desc="Failed to find node with node-name='nope'")
         for name in ("top", "mid", "base"):

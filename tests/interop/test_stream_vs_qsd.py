@@ -312,6 +312,8 @@ def test_nodes_during_jobs():
         wait_first_chunk(s.c, "s1")
         s.nodes()
         s.cmd("blockdev-del", {"node-name": "cor0"})
+        s.cmd("blockdev-del", {"node-name": "mid"})
+        s.cmd("blockdev-del", {"node-name": "base"})
         s.cmd("block-stream", {"device": "cor0", "job-id": "s2"})
         s.cmd("block-stream", {"device": "base", "job-id": "s2",
                                "filter-node-name": "cor0"})
