@@ -636,6 +636,93 @@ static void test_allocated_above(void **state)
     drop(base);
 }
 
+/* ---- filters --------------------------------------------------------------
+ */
+
+static void test_filter(void **state)
+{
+    char *path = make_file("/var/tmp", 65536, -1);
+    struct bdev *p = must_open("{'driver': 'file', 'node-name': 'p', "
+                               "'filename': '%s'}",
+                               path);
+    struct bdev *r = must_open("{'driver': 'raw', 'node-name': 'r', "
+                               "'file': 'p'}");
+    struct qmp_error err = QMP_ERROR_INIT;
+    uint8_t *buf = bdev_buf_alloc(4096);
+    struct done d = {0};
+    struct bdev *f;
+    char *name;
+
+    (void)state;
+    assert_null(bdev_insert_filter(p, "copy-on-read", "#bad", &err));
+    assert_string_equal(err.desc,
+                        "Could not create node: Invalid node-name: '#bad'");
+    qmp_error_clear(&err);
+    assert_null(bdev_insert_filter(p, "copy-on-read", "r", &err));
+    assert_string_equal(err.desc, "Could not create node: Duplicate nodes "
+                                  "with node-name='r'");
+    qmp_error_clear(&err);
+    assert_null(bdev_insert_filter(p, "copy-on-read",
+                                   "a23456789012345678901234567890123", &err));
+    assert_string_equal(err.desc, "Could not create node: Node name too long");
+    qmp_error_clear(&err);
+    assert_ptr_equal(bdev_all_nodes(), r); /* nothing left behind */
+    assert_int_equal(p->parents, 1);
+
+    /* Implicit: takes r's place above p, and p's name. */
+    f = bdev_insert_filter(p, "copy-on-read", NULL, &err);
+    assert_non_null(f);
+    assert_ptr_equal(bdev_all_nodes(), f);
+    assert_true(strncmp(bdev_node_name(f), "#block", 6) == 0);
+    assert_string_equal(bdev_driver_name(f), "copy-on-read");
+    assert_ptr_equal(r->file, f);
+    assert_ptr_equal(f->file, p);
+    assert_int_equal(p->parents, 1);
+    assert_int_equal(bdev_length(f), 65536);
+    name = bdev_query_filename(f);
+    assert_string_equal(name, path);
+    free(name);
+    /* Real I/O through it, directly and from the parent. */
+    assert_int_equal(bdev_read(f, 4096, 4096, buf, done_cb, &d), 0);
+    wait_calls(&d, 1);
+    assert_int_equal(d.ret, 0);
+    assert_int_equal(buf[0], 8);
+    assert_int_equal(bdev_read(r, 8192, 4096, buf, done_cb, &d), 0);
+    wait_calls(&d, 2);
+    assert_int_equal(buf[4095], 23);
+    assert_int_equal(bdev_write(f, 0, 4096, buf, done_cb, &d), 0);
+    wait_calls(&d, 3);
+    assert_int_equal(d.ret, 0);
+    assert_int_equal(bdev_block_status(f, 0, 65536, status_cb, &d), 0);
+    wait_calls(&d, 4);
+    assert_int_equal(d.ret, 0);
+    assert_true(d.status & BDEV_STATUS_DATA);
+    bdev_remove_filter(f);
+    assert_ptr_equal(r->file, p);
+    assert_ptr_equal(bdev_all_nodes(), r);
+    assert_int_equal(p->parents, 1);
+
+    /* Named: its own json: name. */
+    f = bdev_insert_filter(p, "copy-on-read", "cor", &err);
+    assert_non_null(f);
+    assert_ptr_equal(bdev_find("cor"), f);
+    name = bdev_query_filename(f);
+    assert_true(strncmp(name,
+                        "json:{\"driver\": \"copy-on-read\", "
+                        "\"file\": {\"driver\": \"file\"",
+                        57) == 0);
+    free(name);
+    bdev_remove_filter(f);
+    assert_null(bdev_find("cor"));
+    assert_ptr_equal(r->file, p);
+
+    drop(r);
+    drop(p);
+    bdev_buf_free(buf);
+    unlink(path);
+    free(path);
+}
+
 /* ---- drain ----------------------------------------------------------------
  */
 
@@ -788,6 +875,7 @@ int main(void)
         cmocka_unit_test_teardown(test_blkdebug_recipe, per_test_teardown),
         cmocka_unit_test_teardown(test_blkdebug_rules, per_test_teardown),
         cmocka_unit_test_teardown(test_allocated_above, per_test_teardown),
+        cmocka_unit_test_teardown(test_filter, per_test_teardown),
         cmocka_unit_test_teardown(test_drain, per_test_teardown),
         cmocka_unit_test_teardown(test_locks, per_test_teardown),
     };
