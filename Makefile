@@ -84,7 +84,7 @@ deps:
 
 unit: $(UNIT_BIN)
 check: $(BIN) blockjobd $(UNIT_BIN)
-	@BUILD=$(BUILD) BLOCKJOBD=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) \
+	@BUILD=$(BUILD) BLOCKJOBD_SANITIZED=$(SAN) BLOCKJOBD=$(abspath $(BIN)) tests/run.sh $(UNIT_BIN) \
 	  $(sort $(wildcard tests/integration/test_*)) \
 	  $(sort $(wildcard tests/interop/test_*))
 

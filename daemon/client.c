@@ -20,7 +20,8 @@ struct client {
     unsigned id;
     bool closing;
     bool negotiated;
-    bool flushing; /* shutdown: closes once its output is written */
+    bool flushing;   /* shutdown: closes once its output is written */
+    bool wants_turn; /* its session yielded with input still held */
     struct ucred cred;
     uv_shutdown_t shutdown_req;
     struct client *prev, *next;
@@ -36,6 +37,10 @@ struct write_req {
 
 static struct client *clients;
 static size_t n_clients;
+/* Runs the next turn of every client whose session yielded: one turn per
+ * client per loop iteration, with other clients' I/O served in between. */
+static uv_idle_t turn_idle;
+static bool turn_idle_ready;
 static unsigned next_id = 1;
 void (*client_quit_hook)(void);
 
@@ -182,10 +187,45 @@ static void session_resume(void *opaque)
     }
 }
 
+static void on_turn(uv_idle_t *idle)
+{
+    bool more = false;
+
+    for (struct client *c = clients; c; c = c->next) {
+        if (c->wants_turn && !c->closing) {
+            c->wants_turn = false;
+            qmp_session_continue(c->session);
+        }
+        more |= c->wants_turn && !c->closing;
+    }
+    if (!more) {
+        uv_idle_stop(idle);
+    }
+}
+
+/* The session had its turn: stop reading, continue on a later iteration. */
+static void session_yield(void *opaque)
+{
+    struct client *c = opaque;
+
+    if (c->closing) {
+        return;
+    }
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->wants_turn = true;
+    if (!turn_idle_ready) {
+        uv_idle_init(c->pipe.loop, &turn_idle);
+        uv_unref((uv_handle_t *)&turn_idle);
+        turn_idle_ready = true;
+    }
+    uv_idle_start(&turn_idle, on_turn);
+}
+
 static const struct qmp_session_ops session_ops = {
     .send = session_send,
     .quit = session_quit,
     .resume = session_resume,
+    .yield = session_yield,
 };
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

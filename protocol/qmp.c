@@ -36,7 +36,16 @@ struct qmp_session {
     struct qmp_deferred *deferred; /* the reply being waited for */
     bool deferring;                /* set by qmp_session_defer() */
     struct held *held, **held_tail;
+    /* Round-robin between clients: one turn runs at most TURN_REQUESTS
+     * requests or produces TURN_BYTES of replies; the rest waits in `held`
+     * until the owner calls qmp_session_continue() on a later loop turn. */
+    unsigned turn_requests;
+    size_t turn_bytes;
+    bool yielded;
 };
+
+#define TURN_REQUESTS 16
+#define TURN_BYTES    (256 * 1024)
 
 struct handler {
     char *name;
@@ -132,6 +141,7 @@ static void send_line(struct qmp_session *s, const char *parts[], size_t n)
         off += l;
     }
     memcpy(line + off, "\r\n", 3);
+    s->turn_bytes += len + 2;
     s->ops->send(s->opaque, line, len + 2);
     free(line);
 }
@@ -397,6 +407,43 @@ static void hold(struct qmp_session *s, json_t *value, const char *errdesc)
 
 static void process(struct qmp_session *s, json_t *value, const char *errdesc);
 
+/* After each request: has this session had its turn? */
+static void end_of_request(struct qmp_session *s)
+{
+    if (++s->turn_requests >= TURN_REQUESTS || s->turn_bytes >= TURN_BYTES) {
+        s->yielded = true;
+    }
+}
+
+/* Runs held input until it is used up, a reply is deferred, or the turn
+ * ends. Then tells the owner what to do next. */
+static void run_held(struct qmp_session *s)
+{
+    while (s->held && !s->deferred && !s->stopped && !s->yielded) {
+        struct held *h = s->held;
+        s->held = h->next;
+        if (!s->held) {
+            s->held_tail = &s->held;
+        }
+        process(s, h->value, h->errdesc);
+        json_decref(h->value);
+        free(h->errdesc);
+        free(h);
+        end_of_request(s);
+    }
+    if (s->stopped || s->deferred) {
+        return;
+    }
+    if (s->held || s->yielded) {
+        s->yielded = true;
+        if (s->ops->yield) {
+            s->ops->yield(s->opaque);
+        }
+    } else if (s->ops->resume) {
+        s->ops->resume(s->opaque);
+    }
+}
+
 static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
 {
     struct qmp_session *s = opaque;
@@ -405,12 +452,13 @@ static void on_stream_value(void *opaque, json_t *value, const char *errdesc)
         json_decref(value);
         return;
     }
-    if (s->deferred) {
+    if (s->deferred || s->yielded) {
         hold(s, value, errdesc);
         return;
     }
     process(s, value, errdesc);
     json_decref(value);
+    end_of_request(s);
 }
 
 /* Handles one input item; borrows `value`. */
@@ -454,8 +502,17 @@ void qmp_session_greet(struct qmp_session *s)
 
 void qmp_session_feed(struct qmp_session *s, const char *buf, size_t len)
 {
-    if (!s->stopped) {
-        qmp_stream_feed(s->stream, buf, len);
+    if (s->stopped) {
+        return;
+    }
+    if (!s->yielded && !s->deferred) {
+        s->turn_requests = 0;
+        s->turn_bytes = 0;
+    }
+    qmp_stream_feed(s->stream, buf, len);
+    /* Input of this read that did not fit in the turn waits its turn. */
+    if (s->yielded && !s->deferred && !s->stopped && s->ops->yield) {
+        s->ops->yield(s->opaque);
     }
 }
 
@@ -507,7 +564,15 @@ struct qmp_deferred *qmp_session_defer(struct qmp_session *s)
 
 bool qmp_session_busy(const struct qmp_session *s)
 {
-    return s->deferred != NULL;
+    return s->deferred != NULL || s->yielded;
+}
+
+void qmp_session_continue(struct qmp_session *s)
+{
+    s->yielded = false;
+    s->turn_requests = 0;
+    s->turn_bytes = 0;
+    run_held(s);
 }
 
 void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
@@ -529,21 +594,8 @@ void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
         struct qmp_error none = QMP_ERROR_INIT;
         send_error(s, d->id, err && qmp_error_is_set(err) ? err : &none);
     }
-    /* Replay what arrived meanwhile, until done or deferred again. */
-    while (s->held && !s->deferred && !s->stopped) {
-        struct held *h = s->held;
-        s->held = h->next;
-        if (!s->held) {
-            s->held_tail = &s->held;
-        }
-        process(s, h->value, h->errdesc);
-        json_decref(h->value);
-        free(h->errdesc);
-        free(h);
-    }
-    if (!s->deferred && !s->stopped && s->ops->resume) {
-        s->ops->resume(s->opaque);
-    }
+    /* Replay what arrived meanwhile, within this turn's budget. */
+    run_held(s);
 out:
     if (err) {
         qmp_error_clear(err);

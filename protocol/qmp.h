@@ -59,6 +59,11 @@ struct qmp_session_ops {
     /* A deferred reply went out and queued input was processed: the
      * caller may read from the client again (optional). */
     void (*resume)(void *opaque);
+    /* The session had its turn (a bounded number of requests or bytes of
+     * replies) and holds more input: the owner should stop reading and
+     * call qmp_session_continue() from a later loop iteration, so other
+     * clients are served in between (optional). */
+    void (*yield)(void *opaque);
 };
 struct qmp_session *qmp_session_new(const struct qmp_session_ops *ops,
                                     void *opaque, size_t max_msg_bytes);
@@ -89,6 +94,8 @@ struct qmp_deferred *qmp_session_defer(struct qmp_session *s);
 void qmp_deferred_reply(struct qmp_deferred *d, json_t *ret,
                         struct qmp_error *err);
 bool qmp_session_busy(const struct qmp_session *s);
+/* Starts the session's next turn after a yield (see ops->yield). */
+void qmp_session_continue(struct qmp_session *s);
 
 /* Registers qmp_capabilities, query-version, query-commands,
  * query-qmp-schema and quit. */

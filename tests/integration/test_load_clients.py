@@ -30,6 +30,7 @@ import threading
 import time
 
 from soak_util import (MiB, Daemon, cleanup, compare, flatten, percentile,
+                       memory_bounds_apply,
                        qemu_check, require, rss_kib, run, under_valgrind,
                        workdir)
 
@@ -447,7 +448,7 @@ def main():
     if pstats["max_gap"] > 30 * slow:
         problems.append("a poller waited %.1fs for a reply" %
                         pstats["max_gap"])
-    if not under_valgrind() and rss_max > RSS_MAX_MIB * 1024:
+    if memory_bounds_apply() and rss_max > RSS_MAX_MIB * 1024:
         problems.append("VmRSS %d KiB > %d MiB" % (rss_max, RSS_MAX_MIB))
     if any(s.done == 0 for s in slots):
         problems.append("a job slot never finished a job")

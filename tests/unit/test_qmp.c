@@ -24,6 +24,7 @@ struct client {
     int lines;
     int quits;
     int resumes;
+    int yields;
     int lines_at_quit;
     struct qmp_session *s;
 };
@@ -57,7 +58,13 @@ static void fake_resume(void *opaque)
     ((struct client *)opaque)->resumes++;
 }
 
-static const struct qmp_session_ops ops = {fake_send, fake_quit, fake_resume};
+static void fake_yield(void *opaque)
+{
+    ((struct client *)opaque)->yields++;
+}
+
+static const struct qmp_session_ops ops = {fake_send, fake_quit, fake_resume,
+                                           fake_yield};
 
 static void client_open(struct client *c)
 {
@@ -674,6 +681,55 @@ static int64_t fake_clock(void)
     return clock_us;
 }
 
+/* One read holding many requests is served in turns: a bounded number per
+ * turn, the rest held in order until the owner continues the session. */
+static void test_turns(void **state)
+{
+    struct client c;
+    char *in = NULL, *out;
+    size_t len = 0;
+    FILE *f = open_memstream(&in, &len);
+    int total = 0, turns = 0;
+
+    (void)state;
+    client_open(&c);
+    negotiate(&c);
+    for (int i = 0; i < 40; i++) {
+        fprintf(f, "{\"execute\": \"query-version\", \"id\": %d}", i);
+    }
+    fclose(f);
+    c.lines = 0;
+    feed(&c, in);
+    while (c.lines > total) {
+        int got = c.lines - total;
+        total = c.lines;
+        turns++;
+        assert_true(got <= 16);
+        if (total < 40) {
+            assert_true(qmp_session_busy(c.s));
+            assert_int_equal(c.yields, turns);
+            qmp_session_continue(c.s);
+        }
+    }
+    assert_int_equal(total, 40);
+    assert_true(turns >= 3);
+    assert_false(qmp_session_busy(c.s));
+    assert_int_equal(c.resumes, 1);
+    out = take(&c);
+    /* Replies in request order. */
+    for (int i = 0, pos = 0; i < 40; i++) {
+        char want[32];
+        char *at;
+        snprintf(want, sizeof(want), "\"id\": %d}", i);
+        at = strstr(out + pos, want);
+        assert_non_null(at);
+        pos = (int)(at - out);
+    }
+    free(out);
+    free(in);
+    client_close(&c);
+}
+
 static void test_events(void **state)
 {
     struct sink k = {{0}, 0};
@@ -752,6 +808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deferred_chain_and_error, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_turns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_real_clock, setup, teardown),
     };
