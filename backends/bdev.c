@@ -158,6 +158,24 @@ struct bdev *bdev_backing(const struct bdev *bs)
     return bs->backing;
 }
 
+bool bdev_is_filter(const struct bdev *bs)
+{
+    return bs->drv->is_filter;
+}
+
+struct bdev *bdev_chain_next(const struct bdev *bs)
+{
+    return bs->drv->is_filter ? bs->file : bs->backing;
+}
+
+struct bdev *bdev_skip_filters(struct bdev *bs)
+{
+    while (bs && bs->drv->is_filter && bs->file) {
+        bs = bs->file;
+    }
+    return bs;
+}
+
 int64_t bdev_length(struct bdev *bs)
 {
     return bs->drv->length ? bs->drv->length(bs) : 0;
@@ -949,6 +967,7 @@ void bdev_remove_filter(struct bdev *filter)
 {
     struct bdev *child = filter->file;
 
+    filter->detached = true;
     if (child) {
         replace_in_parents(filter, child, NULL);
         perm_refresh(child, NULL);
@@ -1127,12 +1146,16 @@ void bdev_req_complete(struct bdev_req *req, int ret)
 {
     struct bdev *bs = req->bs;
 
+    /* The callback may end a job that drops the last reference to this
+     * very node (a job's filter): keep it alive until the count is done. */
+    bs->refcnt++;
     req->cb(req->opaque, ret);
     free(req);
     bs->in_flight--;
     if (g.drains && bs->in_flight == 0) {
         drain_check();
     }
+    bdev_unref(bs);
 }
 
 struct later_done {
@@ -1471,6 +1494,16 @@ static void chg_header_done(void *opaque, int ret)
     if (ret < 0) {
         chg_finish(op, ret);
         return;
+    }
+    /* A filter chosen as the new backing may have been taken out while the
+     * header was written (its job ended): its child takes its place. */
+    while (op->new_backing && op->new_backing->detached &&
+           op->new_backing->file) {
+        struct bdev *child = op->new_backing->file;
+
+        bdev_ref(child);
+        bdev_unref(op->new_backing);
+        op->new_backing = child;
     }
     old = op->bs->backing;
     if (old != op->new_backing) {
