@@ -1152,10 +1152,12 @@ void bdev_req_complete(struct bdev_req *req, int ret)
     req->cb(req->opaque, ret);
     free(req);
     bs->in_flight--;
-    if (g.drains && bs->in_flight == 0) {
+    /* Drop our reference before draining: a drain that ends here may
+     * delete the node and counts its references. */
+    bdev_unref(bs);
+    if (g.drains) {
         drain_check();
     }
-    bdev_unref(bs);
 }
 
 struct later_done {
