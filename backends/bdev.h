@@ -54,7 +54,13 @@ const char *bdev_driver_name(const struct bdev *bs);
 const char *bdev_filename(const struct bdev *bs);
 struct bdev *bdev_file_child(const struct bdev *bs);
 struct bdev *bdev_backing(const struct bdev *bs); /* NULL if none */
-int64_t bdev_length(struct bdev *bs);             /* virtual size */
+/* A filter (copy-on-read): its data is its `file` child's. */
+bool bdev_is_filter(const struct bdev *bs);
+/* The next node down a backing chain: the backing, or a filter's child. */
+struct bdev *bdev_chain_next(const struct bdev *bs);
+/* bs, or the first node below it that is not a filter. */
+struct bdev *bdev_skip_filters(struct bdev *bs);
+int64_t bdev_length(struct bdev *bs); /* virtual size */
 bool bdev_is_read_only(const struct bdev *bs);
 /* Allocation granularity of the format (qcow2 cluster size), or 0. */
 uint32_t bdev_cluster_size(const struct bdev *bs);

@@ -151,6 +151,10 @@ struct bdev {
     /* Additive: a job does its I/O through this node (QEMU: the job's
      * BlockBackend sits on it), so blockdev-del says "Node X is in use". */
     bool job_io_node;
+    /* Additive: a filter bdev_remove_filter() took out of the graph; an
+     * operation that picked it before (a backing change under way) uses
+     * its child instead. */
+    bool detached;
 };
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new

@@ -380,6 +380,17 @@ static void stream_run(struct job *job)
             }
             return;
         }
+        /* QEMU sleeps off the rate limit at the top of every iteration,
+         * skips included: after the last copy it sleeps before it finds
+         * there is nothing left. A sleep cut short still lets the next
+         * chunk (found by this query) through. */
+        if (!job->sleep_cut) {
+            delay = blockjob_ratelimit_delay(&s->common);
+            if (delay) {
+                job_sleep_ns(job, delay);
+                return;
+            }
+        }
         issue_query(s);
     }
 }
@@ -411,6 +422,7 @@ static void stream_prepare(struct job *job, job_done_fn *done)
 {
     struct stream_job *s = to_stream(job);
     const char *file = NULL, *fmt = NULL;
+    struct bdev *base, *named;
     int ret;
 
     remove_filter(s); /* QEMU drops it before the backing changes */
@@ -418,12 +430,18 @@ static void stream_prepare(struct job *job, job_done_fn *done)
         done(job, 0);
         return;
     }
-    if (s->base) {
-        file = s->backing_file ? s->backing_file : bdev_filename(s->base);
-        fmt = bdev_driver_name(s->base);
+    /* As QEMU: the new backing is what the lowest node of ours has as its
+     * backing now - the base, or the filter of a job running on the base
+     * (which hands over to the base when that job ends); the header names
+     * the node under any filter. */
+    base = s->n_claimed ? bdev_backing(s->claimed[s->n_claimed - 1]) : s->base;
+    named = bdev_skip_filters(base);
+    if (named) {
+        file = s->backing_file ? s->backing_file : bdev_filename(named);
+        fmt = bdev_driver_name(named);
     }
     s->prepare_cb = done;
-    ret = bdev_change_backing(s->top, s->base, file, fmt, prepare_done, s);
+    ret = bdev_change_backing(s->top, base, file, fmt, prepare_done, s);
     if (ret < 0) {
         s->prepare_cb = NULL;
         done(job, ret);
@@ -492,8 +510,11 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     uint32_t cluster;
     bool reopened = false;
 
-    /* Every node from the top down to (not including) the base is ours. */
-    for (n = p->top; n && n != p->base; n = bdev_backing(n)) {
+    /* Every node from the top down to (not including) the base is ours: a
+     * filter right above the base (another job's) is not. Filters further
+     * up belong to running jobs too, and are refused as busy. */
+    for (n = p->top; n && bdev_skip_filters(n) != p->base;
+         n = bdev_chain_next(n)) {
         if (bdev_claimed_by(n)) {
             bdev_claim(n, "stream", err); /* fails with QEMU's text */
             return NULL;
@@ -545,7 +566,8 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     if (!s->claimed) {
         abort();
     }
-    for (n = p->top; n && n != p->base; n = bdev_backing(n)) {
+    for (n = p->top; n && bdev_skip_filters(n) != p->base;
+         n = bdev_chain_next(n)) {
         bdev_claim(n, "stream", NULL);
         bdev_ref(n);
         s->claimed[s->n_claimed++] = n;
@@ -609,7 +631,7 @@ static bool arg_bool(json_t *args, const char *key, bool dflt)
 
 static bool chain_contains(struct bdev *top, struct bdev *n)
 {
-    for (struct bdev *i = top; i; i = bdev_backing(i)) {
+    for (struct bdev *i = top; i; i = bdev_chain_next(i)) {
         if (i == n) {
             return true;
         }
@@ -668,8 +690,8 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
         return NULL;
     }
     if (base) {
-        for (struct bdev *i = bdev_backing(top); i; i = bdev_backing(i)) {
-            if (same_file(base, bdev_filename(i))) {
+        for (struct bdev *i = bdev_backing(top); i; i = bdev_chain_next(i)) {
+            if (!bdev_is_filter(i) && same_file(base, bdev_filename(i))) {
                 base_bs = i;
                 break;
             }
@@ -710,7 +732,7 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
     {
         struct bdev *end = bottom_bs ? bdev_backing(bottom_bs) : base_bs;
 
-        for (struct bdev *i = top; i && i != end; i = bdev_backing(i)) {
+        for (struct bdev *i = top; i && i != end; i = bdev_chain_next(i)) {
             if (bdev_claimed_by(i)) {
                 bdev_claim(i, "stream", err);
                 return NULL;
@@ -727,7 +749,9 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
         p.job_id = ""; /* no BlockBackend name: QEMU says Invalid job ID '' */
     }
     p.top = top;
-    p.base = bottom_bs ? bdev_backing(bottom_bs) : base_bs;
+    /* The new backing is never a filter: another job's filter over it
+     * goes with that job (QEMU: bdrv_skip_filters for the header too). */
+    p.base = bdev_skip_filters(bottom_bs ? bdev_backing(bottom_bs) : base_bs);
     p.backing_file = backing_file;
     p.filter_node_name = filter;
     p.speed = json_integer_value(json_object_get(args, "speed"));
