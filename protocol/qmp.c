@@ -410,6 +410,9 @@ static void process(struct qmp_session *s, json_t *value, const char *errdesc);
 /* After each request: has this session had its turn? */
 static void end_of_request(struct qmp_session *s)
 {
+    if (!s->ops->yield) {
+        return; /* an owner that cannot continue us gets no turns */
+    }
     if (++s->turn_requests >= TURN_REQUESTS || s->turn_bytes >= TURN_BYTES) {
         s->yielded = true;
     }
