@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define AIO_MAX_EVENTS 256
+#define AIO_HUGE       (2u << 20) /* x86-64 transparent huge page */
 
 struct aio_req {
     struct iocb iocb; /* first: io_event.obj points here */
@@ -355,4 +357,69 @@ void aio_get_stats(struct aio_stats *st)
 void aio_reset_submit_max(void)
 {
     eng.stats.submit_ns_max = 0;
+}
+
+/* ---- buffers ------------------------------------------------------------ */
+
+/* Large buffers are few (one per job) and live long: a list finds the
+ * mapping back at free time. */
+struct big_buf {
+    struct big_buf *next;
+    void *buf;
+    void *map;
+    size_t map_len;
+};
+
+static struct big_buf *big_bufs;
+
+void *aio_buf_alloc(size_t bytes)
+{
+    struct big_buf *b;
+    uintptr_t start;
+    size_t len;
+    void *p = NULL;
+
+    if (bytes < AIO_HUGE) {
+        if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0) {
+            return NULL;
+        }
+        return p;
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b) {
+        return NULL;
+    }
+    /* Fresh anonymous memory, so the first touch can fault in huge pages
+     * (memory recycled by malloc is already backed by small ones). The
+     * slack for the alignment is only address space. */
+    len = (bytes + 4095) & ~(size_t)4095;
+    b->map_len = len + AIO_HUGE;
+    b->map = mmap(NULL, b->map_len, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->map == MAP_FAILED) {
+        free(b);
+        return NULL;
+    }
+    start = ((uintptr_t)b->map + AIO_HUGE - 1) & ~(uintptr_t)(AIO_HUGE - 1);
+    b->buf = (void *)start;
+    /* Only advice: without THP the buffer simply has small pages. */
+    (void)madvise(b->buf, len, MADV_HUGEPAGE);
+    b->next = big_bufs;
+    big_bufs = b;
+    return b->buf;
+}
+
+void aio_buf_free(void *buf)
+{
+    for (struct big_buf **pp = &big_bufs; *pp; pp = &(*pp)->next) {
+        struct big_buf *b = *pp;
+
+        if (b->buf == buf) {
+            *pp = b->next;
+            munmap(b->map, b->map_len);
+            free(b);
+            return;
+        }
+    }
+    free(buf);
 }

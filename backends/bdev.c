@@ -1652,19 +1652,15 @@ int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
 
 /* ---- buffers and sync helpers ------------------------------------------ */
 
+/* The I/O engine knows what the device wants of a buffer (see aio.h). */
 void *bdev_buf_alloc(size_t bytes)
 {
-    void *p = NULL;
-
-    if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0) {
-        return NULL;
-    }
-    return p;
+    return aio_buf_alloc(bytes);
 }
 
 void bdev_buf_free(void *buf)
 {
-    free(buf);
+    aio_buf_free(buf);
 }
 
 int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,

@@ -2050,6 +2050,11 @@ static void status_run(struct q2_status *st, bool deferred)
             unsigned stc = entry_status(s, l2_get(s, e, gc));
             uint64_t cend = (gc + 1) << s->cb;
 
+            if (!e) {
+                /* No L2 table: the whole range it would map is free. */
+                gc = limit - 1;
+                cend = limit << s->cb;
+            }
             if (st->pnum == 0) {
                 st->status = stc;
             } else if (stc != st->status) {

@@ -61,6 +61,11 @@ struct stream_job {
     uint64_t chunk;
     uint64_t scan;    /* everything below was handed out or skipped */
     uint64_t run_end; /* [scan, run_end) must be copied */
+    /* [scan, top_free_end) is known unallocated in the top: only the job
+     * writes the top, and only below scan, so the answer stays true and
+     * the top is not asked again for it (asking it about the rest of the
+     * disk after every run made the scan quadratic). */
+    uint64_t top_free_end;
     bool querying;
     bool failing; /* a report error: issue nothing more */
     int first_err;
@@ -279,6 +284,7 @@ static void top_status_done(void *opaque, int ret, unsigned status,
     struct bdev *backing = bdev_backing(s->top);
 
     if (ret >= 0 && !(status & BDEV_STATUS_ALLOCATED) && backing) {
+        s->top_free_end = s->scan + pnum;
         ret = bdev_is_allocated_above(backing, s->bottom, s->scan, pnum,
                                       chain_status_done, s);
         if (ret >= 0) {
@@ -300,6 +306,11 @@ static void issue_query(struct stream_job *s)
     }
     s->querying = true;
     job_io_begin(&s->common.job);
+    if (s->scan < s->top_free_end) {
+        /* The top's answer is known: ask the chain below it. */
+        top_status_done(s, 0, 0, s->top_free_end - s->scan);
+        return;
+    }
     ret = bdev_block_status(s->top, s->scan, n, top_status_done, s);
     if (ret < 0) {
         s->querying = false;
