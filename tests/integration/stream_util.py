@@ -37,6 +37,21 @@ def img_map(path, fmt="qcow2"):
         ["qemu-img", "map", "--output=json", "-U", "-f", fmt, path]))
 
 
+def allocated(path):
+    """Guest ranges an image holds itself, adjacent extents merged (chunks
+    written in parallel land in the file in any order, which splits
+    qemu-img map's extents by host offset)."""
+    out = []
+    for e in img_map(path):
+        if e["depth"] != 0 or not e["present"]:
+            continue
+        if out and out[-1][0] + out[-1][1] == e["start"]:
+            out[-1] = (out[-1][0], out[-1][1] + e["length"])
+        else:
+            out.append((e["start"], e["length"]))
+    return out
+
+
 def check(path, leaks_ok=False):
     """qemu-img check must find the image clean (exit 0; with leaks_ok,
     leaked clusters - exit 3 - are tolerated, corruption never)."""

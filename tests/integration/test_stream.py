@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stream_util import (  # noqa: E402
-    MiB, SIZE, VALIDATION, Daemon, Runner, add_chain, check, del_nodes,
-    img_info, img_map, job_info, make_chain, make_raw_base, mark, require,
-    same_content, tokens, transcript, wait_first_chunk, wait_status)
+    MiB, SIZE, VALIDATION, Daemon, Runner, add_chain, allocated, check,
+    del_nodes, img_info, img_map, job_info, make_chain, make_raw_base, mark,
+    require, same_content, tokens, transcript, wait_first_chunk, wait_status)
 
 require("qemu-img", "qemu-io")
 
@@ -34,18 +34,7 @@ def stream(c, args):
 
 
 def allocated_in_top(path):
-    """Guest ranges the top holds itself, adjacent extents merged (chunks
-    written in parallel land in the file in any order, which splits
-    qemu-img's extents by host offset)."""
-    out = []
-    for e in img_map(path):
-        if e["depth"] != 0 or not e["present"]:
-            continue
-        if out and out[-1][0] + out[-1][1] == e["start"]:
-            out[-1] = (out[-1][0], out[-1][1] + e["length"])
-        else:
-            out.append((e["start"], e["length"]))
-    return out
+    return allocated(path)
 
 
 def test_full_stream():
