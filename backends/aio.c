@@ -12,6 +12,7 @@
 
 #define AIO_MAX_EVENTS 256
 #define AIO_HUGE       (2u << 20) /* x86-64 transparent huge page */
+#define AIO_MAP_MIN    (64u << 10)
 
 struct aio_req {
     struct iocb iocb; /* first: io_event.obj points here */
@@ -361,8 +362,11 @@ void aio_reset_submit_max(void)
 
 /* ---- buffers ------------------------------------------------------------ */
 
-/* Large buffers are few (one per job) and live long: a list finds the
- * mapping back at free time. */
+/* Buffers of AIO_MAP_MIN and more get a mapping of their own: they go
+ * back to the system when freed, and do not pin the heap's top (metadata
+ * tables made in the middle of a job left the heap 1 MiB bigger after an
+ * 8 GiB stream). They are few (a job's buffers, cached tables, bounce
+ * buffers in flight): a list finds the mapping back at free time. */
 struct big_buf {
     struct big_buf *next;
     void *buf;
@@ -379,7 +383,7 @@ void *aio_buf_alloc(size_t bytes)
     size_t len;
     void *p = NULL;
 
-    if (bytes < AIO_HUGE) {
+    if (bytes < AIO_MAP_MIN) {
         if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0) {
             return NULL;
         }
@@ -393,17 +397,20 @@ void *aio_buf_alloc(size_t bytes)
      * (memory recycled by malloc is already backed by small ones). The
      * slack for the alignment is only address space. */
     len = (bytes + 4095) & ~(size_t)4095;
-    b->map_len = len + AIO_HUGE;
+    b->map_len = len >= AIO_HUGE ? len + AIO_HUGE : len;
     b->map = mmap(NULL, b->map_len, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (b->map == MAP_FAILED) {
         free(b);
         return NULL;
     }
-    start = ((uintptr_t)b->map + AIO_HUGE - 1) & ~(uintptr_t)(AIO_HUGE - 1);
+    start = (uintptr_t)b->map;
+    if (len >= AIO_HUGE) {
+        start = (start + AIO_HUGE - 1) & ~(uintptr_t)(AIO_HUGE - 1);
+        /* Only advice: without THP the buffer simply has small pages. */
+        (void)madvise((void *)start, len, MADV_HUGEPAGE);
+    }
     b->buf = (void *)start;
-    /* Only advice: without THP the buffer simply has small pages. */
-    (void)madvise(b->buf, len, MADV_HUGEPAGE);
     b->next = big_bufs;
     big_bufs = b;
     return b->buf;

@@ -38,15 +38,15 @@ void aio_fini(void);
 int aio_submit(int fd, bool native, enum aio_op op, void *buf, uint64_t len,
                uint64_t off, aio_cb *cb, void *opaque);
 
-/* Buffers for requests, aligned to 4 KiB. Large ones (at least 2 MiB) get
- * their own mapping, 2 MiB aligned and advised for transparent huge pages:
- * an O_DIRECT request is handed to the device as one segment per physically
- * contiguous piece of its buffer, and on a virtio disk without indirect
- * descriptors every segment takes a slot of the ring (256 on Firecracker),
- * so a 512 KiB request over scattered 4 KiB pages takes 130 slots and the
- * device sees one or two requests at a time whatever the queue depth. On
- * huge pages the same request is one segment. aio_buf_free(NULL) is a
- * no-op. */
+/* Buffers for requests, aligned to 4 KiB. From 64 KiB they get their own
+ * mapping, from 2 MiB one that is 2 MiB aligned and advised for transparent
+ * huge pages: an O_DIRECT request is handed to the device as one segment per
+ * physically contiguous piece of its buffer, and on a virtio disk without
+ * indirect descriptors every segment takes a slot of the ring (256 on
+ * Firecracker), so a 512 KiB request over scattered 4 KiB pages takes 130
+ * slots and the device sees one or two requests at a time whatever the
+ * queue depth. On huge pages the same request is one segment.
+ * aio_buf_free(NULL) is a no-op. */
 void *aio_buf_alloc(size_t bytes);
 void aio_buf_free(void *buf);
 

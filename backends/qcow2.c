@@ -30,6 +30,13 @@
 #define Q2_MAX_ALLOC_BYTES   (4u << 20) /* one allocating write at most */
 #define Q2_DEFAULT_L2_CACHE  (32u << 20)
 #define Q2_MIN_CACHE_ENTRIES 16u
+/* Cache memory follows the working set, not the bound: a clean table not
+ * used in the last Q2_CACHE_RECENT lookups is reused before a new buffer
+ * is taken, and once Q2_CACHE_DIRTY_KICK tables are dirty a miss waits for
+ * a writeback instead of taking one, so that a job sweeping a large image
+ * holds a few tables per node whatever its size. */
+#define Q2_CACHE_RECENT     256u
+#define Q2_CACHE_DIRTY_KICK 4u
 
 struct q2;
 
@@ -208,10 +215,20 @@ static int cache_init(struct q2_cache *c, struct q2 *s, unsigned n,
     }
     c->n = n;
     c->load_ev = ev;
+    /* Buffers come with first use (centry_buf): the memory follows the
+     * tables really used, not the configured bound. */
     for (unsigned i = 0; i < n; i++) {
         c->e[i].s = s;
-        c->e[i].buf = bdev_buf_alloc(s->cs);
-        if (!c->e[i].buf) {
+    }
+    return 0;
+}
+
+/* Gives a slot picked by cache_victim its buffer. */
+static int centry_buf(struct q2 *s, struct q2_centry *e)
+{
+    if (!e->buf) {
+        e->buf = bdev_buf_alloc(s->cs);
+        if (!e->buf) {
             return -ENOMEM;
         }
     }
@@ -240,24 +257,45 @@ static struct q2_centry *cache_find(struct q2_cache *c, uint64_t off)
     return NULL;
 }
 
-/* A slot that can be reused: free, failed, or clean and least recently
- * used. Dirty and loading entries stay. */
+/* A slot that can be reused: free or failed with a buffer, a clean one
+ * out of use, a slot without a buffer yet, or else the least recently
+ * used clean one. Dirty and loading entries stay. */
 static struct q2_centry *cache_victim(struct q2_cache *c)
 {
-    struct q2_centry *best = NULL;
+    struct q2_centry *best = NULL, *unused = NULL;
 
     for (unsigned i = 0; i < c->n; i++) {
         struct q2_centry *e = &c->e[i];
 
         if (e->state == CE_FREE || e->state == CE_ERROR) {
-            return e;
+            if (e->buf) {
+                return e;
+            }
+            if (!unused) {
+                unused = e;
+            }
+            continue;
         }
         if (e->state == CE_READY && !e->dirty &&
             (!best || e->lru < best->lru)) {
             best = e;
         }
     }
-    return best;
+    if (best && (!unused || c->clock - best->lru >= Q2_CACHE_RECENT)) {
+        return best;
+    }
+    return unused ? unused : best;
+}
+
+/* A miss would take a new buffer while dirty tables pile up: better wait
+ * for a writeback that makes them reusable (see Q2_CACHE_DIRTY_KICK). Not
+ * after a failed writeback: that would only retry it. */
+static bool cache_grow_waits(struct q2 *s, const struct q2_centry *v)
+{
+    bool wb_failed = s->wb_done == s->wb_started && s->wb_ret < 0;
+
+    return v && !v->buf && !wb_failed &&
+           s->l2c.ndirty + s->rbc.ndirty >= Q2_CACHE_DIRTY_KICK;
 }
 
 static void cache_load_cb(void *opaque, int ret)
@@ -306,10 +344,14 @@ static int cache_get(struct q2 *s, struct q2_cache *c, uint64_t off,
         return -EIO; /* table offset outside the image: corrupt */
     }
     e = cache_victim(c);
-    if (!e) {
+    if (!e || cache_grow_waits(s, e)) {
         wb_kick(s);
         q2_wait(s, w);
         return -EAGAIN;
+    }
+    ret = centry_buf(s, e);
+    if (ret) {
+        return ret;
     }
     e->offset = off;
     e->state = CE_LOADING;
@@ -1004,6 +1046,7 @@ static int refblock_sync(struct q2 *s, uint64_t c, struct q2_centry **pe)
         if (e->state != CE_READY) {
             return -EBUSY;
         }
+        e->lru = ++s->rbc.clock;
         *pe = e;
         return 0;
     }
@@ -1013,6 +1056,10 @@ static int refblock_sync(struct q2 *s, uint64_t c, struct q2_centry **pe)
     e = cache_victim(&s->rbc);
     if (!e) {
         return -EBUSY;
+    }
+    ret = centry_buf(s, e);
+    if (ret) {
+        return ret;
     }
     ret = bdev_child_pread_sync(s->bs->file, off, s->cs, e->buf);
     if (ret) {
@@ -1204,10 +1251,14 @@ static int l2_table_for_write(struct q2 *s, uint64_t gc, struct q2_centry **pe,
         return cache_get(s, &s->l2c, l1e & QCOW2_OFFSET_MASK, pe, w);
     }
     v = cache_victim(&s->l2c);
-    if (!v) {
+    if (!v || cache_grow_waits(s, v)) {
         wb_kick(s);
         q2_wait(s, w);
         return -EAGAIN;
+    }
+    ret = centry_buf(s, v);
+    if (ret) {
+        return ret;
     }
     ret = alloc_clusters(s, 1, &off, w);
     if (ret) {
@@ -1685,6 +1736,14 @@ static int64_t write_one(struct q2_req *r, uint64_t off, uint64_t len,
         }
         if (!valid_data_cluster(s, e0, n)) {
             return -EIO;
+        }
+        if (!src && !s->zero_buf) {
+            /* Made on first use: most nodes never write zeroes as data. */
+            s->zero_buf = bdev_buf_alloc(s->cs);
+            if (!s->zero_buf) {
+                return -ENOMEM;
+            }
+            memset(s->zero_buf, 0, s->cs);
         }
         p = piece_new(r);
         if (!p) {
@@ -2419,12 +2478,10 @@ static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     }
     s->host_end = (uint64_t)flen;
     s->c0 = bdev_buf_alloc(s->cs);
-    s->zero_buf = bdev_buf_alloc(s->cs);
-    if (!s->c0 || !s->zero_buf) {
+    if (!s->c0) {
         ret = -ENOMEM;
         goto oom;
     }
-    memset(s->zero_buf, 0, s->cs);
     memset(s->c0, 0, s->cs);
     n = (uint64_t)flen < s->cs ? (uint64_t)flen : s->cs;
     ret = read_sync(s, 0, n, s->c0);
