@@ -418,6 +418,9 @@ void *aio_buf_alloc(size_t bytes)
 
 void aio_buf_free(void *buf)
 {
+    if (!buf) {
+        return;
+    }
     for (struct big_buf **pp = &big_bufs; *pp; pp = &(*pp)->next) {
         struct big_buf *b = *pp;
 

@@ -32,9 +32,10 @@
 #define Q2_MIN_CACHE_ENTRIES 16u
 /* Cache memory follows the working set, not the bound: a clean table not
  * used in the last Q2_CACHE_RECENT lookups is reused before a new buffer
- * is taken, and once Q2_CACHE_DIRTY_KICK tables are dirty a miss waits for
- * a writeback instead of taking one, so that a job sweeping a large image
- * holds a few tables per node whatever its size. */
+ * is taken, and once Q2_CACHE_DIRTY_KICK tables of a cache are dirty, some
+ * out of use, a miss waits for a writeback instead of taking one, so that a
+ * job sweeping a large image holds a few tables per node whatever its
+ * size. */
 #define Q2_CACHE_RECENT     256u
 #define Q2_CACHE_DIRTY_KICK 4u
 
@@ -287,15 +288,26 @@ static struct q2_centry *cache_victim(struct q2_cache *c)
     return unused ? unused : best;
 }
 
-/* A miss would take a new buffer while dirty tables pile up: better wait
- * for a writeback that makes them reusable (see Q2_CACHE_DIRTY_KICK). Not
+/* A miss in c would take a new buffer while dirty tables pile up there:
+ * better wait for a writeback if that makes one of them reusable, i.e. one
+ * is out of use (hot ones would stay in use: growing is right then). Not
  * after a failed writeback: that would only retry it. */
-static bool cache_grow_waits(struct q2 *s, const struct q2_centry *v)
+static bool cache_grow_waits(struct q2 *s, struct q2_cache *c,
+                             const struct q2_centry *v)
 {
     bool wb_failed = s->wb_done == s->wb_started && s->wb_ret < 0;
+    bool stale = false;
 
-    return v && !v->buf && !wb_failed &&
-           s->l2c.ndirty + s->rbc.ndirty >= Q2_CACHE_DIRTY_KICK;
+    if (!v || v->buf || wb_failed || c->ndirty < Q2_CACHE_DIRTY_KICK) {
+        return false;
+    }
+    for (unsigned i = 0; i < c->n && !stale; i++) {
+        const struct q2_centry *e = &c->e[i];
+
+        stale = e->state == CE_READY && e->dirty &&
+                c->clock - e->lru >= Q2_CACHE_RECENT;
+    }
+    return stale;
 }
 
 static void cache_load_cb(void *opaque, int ret)
@@ -344,7 +356,7 @@ static int cache_get(struct q2 *s, struct q2_cache *c, uint64_t off,
         return -EIO; /* table offset outside the image: corrupt */
     }
     e = cache_victim(c);
-    if (!e || cache_grow_waits(s, e)) {
+    if (!e || cache_grow_waits(s, c, e)) {
         wb_kick(s);
         q2_wait(s, w);
         return -EAGAIN;
@@ -1251,7 +1263,7 @@ static int l2_table_for_write(struct q2 *s, uint64_t gc, struct q2_centry **pe,
         return cache_get(s, &s->l2c, l1e & QCOW2_OFFSET_MASK, pe, w);
     }
     v = cache_victim(&s->l2c);
-    if (!v || cache_grow_waits(s, v)) {
+    if (!v || cache_grow_waits(s, &s->l2c, v)) {
         wb_kick(s);
         q2_wait(s, w);
         return -EAGAIN;
