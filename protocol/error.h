@@ -23,7 +23,10 @@ struct qmp_error {
     char *desc; /* malloc'd; NULL while no error is set */
 };
 
-#define QMP_ERROR_INIT {QMP_ERROR_NONE, NULL}
+#define QMP_ERROR_INIT                                                         \
+    {                                                                          \
+        QMP_ERROR_NONE, NULL                                                   \
+    }
 
 /* Sets the error unless one is already set (the first error wins). */
 void qmp_error_set(struct qmp_error *err, enum qmp_error_class cls,

@@ -15,7 +15,8 @@
 
 #define QMP_JSON_MAX_NESTING   1024
 #define QMP_JSON_MAX_TOKENS    2097152
-#define QMP_JSON_DEFAULT_BYTES (1024 * 1024) /* blockjobd's per-message bound */
+#define QMP_JSON_DEFAULT_BYTES (1024 * 1024) /* blockjobd's per-message bound  \
+                                              */
 
 struct qmp_stream;
 
