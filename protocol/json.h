@@ -13,10 +13,10 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#define QMP_JSON_MAX_NESTING   1024
-#define QMP_JSON_MAX_TOKENS    2097152
-#define QMP_JSON_DEFAULT_BYTES (1024 * 1024) /* blockjobd's per-message bound  \
-                                              */
+#define QMP_JSON_MAX_NESTING 1024
+#define QMP_JSON_MAX_TOKENS  2097152
+/* blockjobd's per-message bound (QEMU's is 64 MiB). */
+#define QMP_JSON_DEFAULT_BYTES (1024 * 1024)
 
 struct qmp_stream;
 
