@@ -53,6 +53,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+
+def stream_depth():
+    """The stream job's queue depth, read from jobs/stream.h."""
+    import re as _re
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "..", "..", "jobs", "stream.h")
+    with open(path) as f:
+        m = _re.search(r"#define STREAM_QUEUE_DEPTH\s+(\d+)", f.read())
+    return int(m.group(1)) if m else 16
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -758,10 +768,11 @@ def target_lines(res):
                 "blockjobd", {}).get("idle_rss_kib")
             pk = b.get("peak_rss_kib")
             if pk and idle:
-                inflight = 16 * 512  # KiB: 16 requests of 512 KiB
+                depth = stream_depth()
+                inflight = depth * 512  # KiB: requests of 512 KiB
                 t("peak RSS − idle during a stream", (pk["median"] - idle)
-                  / 1024, "≤ %.0f MiB (16 × 512 KiB + 2 MiB)" % (
-                      inflight / 1024 + 2),
+                  / 1024, "≤ %.0f MiB (%d × 512 KiB + 2 MiB)" % (
+                      inflight / 1024 + 2, depth),
                   lambda v: v <= inflight / 1024 + 2, " MiB")
     q = res.get("qmp")
     if q:
