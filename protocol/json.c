@@ -408,6 +408,20 @@ static json_t *parse_string(struct parser *p, const char *tok)
     }
     out->p[0] = '\0';
     while (*s != quote) {
+        /* Plain printable ASCII stands for itself: copy it as one run. */
+        if ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x80 &&
+            *s != '\\') {
+            const char *run = s;
+
+            while ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x80 &&
+                   *s != '\\' && *s != quote) {
+                s++;
+            }
+            if (bytes_add(out, run, (size_t)(s - run)) < 0) {
+                goto nomem;
+            }
+            continue;
+        }
         if (*s == '\\') {
             const char *esc = s;
             const char *rep = NULL;
