@@ -817,6 +817,22 @@ struct q2_meta_op {
     uint64_t new_end;
 };
 
+/* Puts the refcount table fields of the in-memory cluster 0 back to what
+ * the header in force says (after a failed switch to a new table). */
+static void c0_restore_rt(struct q2 *s)
+{
+    qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET, s->m.h.refcount_table_offset);
+    qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS,
+                   s->m.h.refcount_table_clusters);
+}
+
+static void meta_op_free(struct q2_meta_op *mo)
+{
+    script_release(&mo->sc);
+    free(mo->new_rt);
+    free(mo);
+}
+
 static void meta_op_done(struct q2_script *sc, int ret)
 {
     struct q2_meta_op *mo = sc->opaque;
@@ -847,15 +863,10 @@ static void meta_op_done(struct q2_script *sc, int ret)
             /* Undo the in-memory header change; the disk has the old one
              * unless the header write went through, which needs a flush
              * that failed: a retry rewrites everything anyway. */
-            qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET,
-                           s->m.h.refcount_table_offset);
-            qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS,
-                           s->m.h.refcount_table_clusters);
+            c0_restore_rt(s);
         }
     }
-    script_release(&mo->sc);
-    free(mo->new_rt);
-    free(mo);
+    meta_op_free(mo);
     s->meta_busy = false;
     wake_all(s);
 }
@@ -1007,13 +1018,8 @@ static int start_grow_rt(struct q2 *s, uint64_t rti)
         ret = script_add(&mo->sc, 0, 0, NULL, -1, true);
     }
     if (ret) {
-        qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET,
-                       s->m.h.refcount_table_offset);
-        qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS,
-                       s->m.h.refcount_table_clusters);
-        script_release(&mo->sc);
-        free(mo->new_rt);
-        free(mo);
+        c0_restore_rt(s);
+        meta_op_free(mo);
         return ret;
     }
     if ((c0 + k + t) << s->cb > s->host_end) {
@@ -2357,10 +2363,7 @@ static int repair_dirty(struct q2 *s, struct qmp_error *err)
     if (ret) {
         /* Header unchanged on disk (or torn inside one sector, which the
          * device writes whole): the image stays dirty. */
-        qcow2_put_be64(s->c0 + QCOW2_HDR_RT_OFFSET,
-                       s->m.h.refcount_table_offset);
-        qcow2_put_be32(s->c0 + QCOW2_HDR_RT_CLUSTERS,
-                       s->m.h.refcount_table_clusters);
+        c0_restore_rt(s);
         qcow2_put_be64(s->c0 + QCOW2_HDR_INCOMPAT,
                        s->m.h.incompatible_features);
         qmp_error_setg(err, "Could not update qcow2 header: %s",
