@@ -584,7 +584,10 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         s->claimed[s->n_claimed++] = n;
     }
     cluster = bdev_cluster_size(p->top);
-    s->chunk = cluster > STREAM_CHUNK ? cluster : STREAM_CHUNK;
+    s->chunk = p->chunk ? p->chunk : STREAM_CHUNK;
+    if (cluster > s->chunk) {
+        s->chunk = cluster;
+    }
     s->depth = p->queue_depth ? p->queue_depth : STREAM_QUEUE_DEPTH;
     if (s->bottom) {
         int64_t len = bdev_length(p->top);
@@ -626,7 +629,8 @@ static const char stream_schema[] =
     " 'device': 'str', '*base': 'str', '*base-node': 'str',"
     " '*backing-file': 'str', '*bottom': 'str', '*speed': 'int',"
     " '*on-error': 'BlockdevOnError', '*filter-node-name': 'str',"
-    " '*auto-finalize': 'bool', '*auto-dismiss': 'bool'}}]";
+    " '*auto-finalize': 'bool', '*auto-dismiss': 'bool',"
+    " '*x-queue-depth': 'int', '*x-chunk-size': 'int'}}]";
 
 static const char *arg_str(json_t *args, const char *key)
 {
@@ -638,6 +642,42 @@ static bool arg_bool(json_t *args, const char *key, bool dflt)
     json_t *v = json_object_get(args, key);
 
     return v ? json_is_true(v) : dflt;
+}
+
+/* The x- tuning arguments (blockjobd's own, experimental in QEMU's
+ * naming): requests in flight and bytes per request. Checked before
+ * anything else is looked at. */
+static bool tuning_args(json_t *args, struct stream_params *p,
+                        struct qmp_error *err)
+{
+    json_t *depth = json_object_get(args, "x-queue-depth");
+    json_t *chunk = json_object_get(args, "x-chunk-size");
+
+    if (depth) {
+        json_int_t v = json_integer_value(depth);
+
+        if (v < 1 || v > STREAM_QUEUE_DEPTH_MAX) {
+            qmp_error_setg(err,
+                           "Parameter 'x-queue-depth' expects a value "
+                           "between 1 and %d",
+                           STREAM_QUEUE_DEPTH_MAX);
+            return false;
+        }
+        p->queue_depth = (unsigned)v;
+    }
+    if (chunk) {
+        json_int_t v = json_integer_value(chunk);
+
+        if (v < STREAM_CHUNK_MIN || v > STREAM_CHUNK_MAX || (v & (v - 1))) {
+            qmp_error_setg(err,
+                           "Parameter 'x-chunk-size' expects a power of 2 "
+                           "between %d and %d",
+                           STREAM_CHUNK_MIN, STREAM_CHUNK_MAX);
+            return false;
+        }
+        p->chunk = (uint64_t)v;
+    }
+    return true;
 }
 
 static bool chain_contains(struct bdev *top, struct bdev *n)
@@ -679,6 +719,9 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
     struct bdev *top, *base_bs = NULL, *bottom_bs = NULL;
     struct job *job;
 
+    if (!tuning_args(args, &p, err)) {
+        return NULL;
+    }
     if (base && base_node) {
         qmp_error_setg(err, "'base' and 'base-node' cannot be specified at the "
                             "same time");

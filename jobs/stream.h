@@ -18,6 +18,10 @@
  * for one job and for 8 at once, so 8: half the buffer memory (4 MiB per
  * job) and half the first-touch cost of it. */
 #define STREAM_QUEUE_DEPTH 8
+/* Bounds of the x-queue-depth and x-chunk-size extension arguments. */
+#define STREAM_QUEUE_DEPTH_MAX 64
+#define STREAM_CHUNK_MIN       (64 * 1024)
+#define STREAM_CHUNK_MAX       (64 * 1024 * 1024)
 
 struct stream_params {
     const char *job_id;
@@ -29,6 +33,7 @@ struct stream_params {
     bool auto_finalize;
     bool auto_dismiss;
     unsigned queue_depth; /* 0: STREAM_QUEUE_DEPTH */
+    uint64_t chunk;       /* 0: STREAM_CHUNK; raised to the cluster size */
     /* Name of the copy-on-read filter inserted above the top for the job's
      * lifetime; NULL: an implicit #blockN. */
     const char *filter_node_name;

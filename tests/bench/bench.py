@@ -313,6 +313,9 @@ SYSTEMS = {
 # --variant NAME=PATH: more blockjobd binaries streamed in the same rounds
 # (for measuring a tuning choice side by side); stream parts only.
 VARIANTS = {}
+# Extra block-stream arguments per system (--variant NAME=PATH,JSON), e.g.
+# the x-queue-depth / x-chunk-size tuning knobs.
+STREAM_ARGS = {}
 
 
 def add_chain(c, chain, prefix, opts):
@@ -350,8 +353,9 @@ def stream_round(system, chains, workdir, binary, state):
         cpu0 = cpu_seconds(p.pid)
         t0 = time.perf_counter()
         for i in range(len(chains)):
-            r = c.cmd("block-stream", {"job-id": "j%d" % i,
-                                       "device": "c%d-top" % i})
+            a = {"job-id": "j%d" % i, "device": "c%d-top" % i}
+            a.update(STREAM_ARGS.get(system, {}))
+            r = c.cmd("block-stream", a)
             if "return" not in r:
                 raise RuntimeError("block-stream: %r" % r)
         pending = set("j%d" % i for i in range(len(chains)))
@@ -1037,8 +1041,10 @@ def main():
         "BLOCKJOBD", os.path.join(ROOT, "blockjobd")))
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--variant", action="append", default=[],
-                    metavar="NAME=PATH", help="another blockjobd binary to "
-                    "stream in the same rounds (stream parts only)")
+                    metavar="NAME=PATH[,JSON]", help="another blockjobd "
+                    "binary to stream in the same rounds (stream parts "
+                    "only), optionally with extra block-stream arguments, "
+                    "e.g. x=./blockjobd,{\"x-queue-depth\": 16}")
     args = ap.parse_args()
 
     for tool in ("qemu-img", "qemu-io", "qemu-storage-daemon", "fio"):
@@ -1050,6 +1056,9 @@ def main():
     systems = args.systems.split(",")
     for v in args.variant:
         name, path = v.split("=", 1)
+        if "," in path:
+            path, extra = path.split(",", 1)
+            STREAM_ARGS[name] = json.loads(extra)
         SYSTEMS[name] = ("blockjobd", "default")
         VARIANTS[name] = os.path.abspath(path)
     stream_systems = systems + sorted(VARIANTS)

@@ -229,5 +229,51 @@ def test_read_only_top_reopened():
         same_content(top, flat)
 
 
+def test_tuning_arguments():
+    """x-queue-depth and x-chunk-size (blockjobd's own, x- as QEMU names
+    experimental arguments): bounds checked before anything else, and any
+    allowed combination copies the same chain correctly."""
+    with Daemon() as d:
+        c = d.connect()
+        m = mark(c)
+        for args, desc in [
+                ({"x-queue-depth": 0},
+                 "Parameter 'x-queue-depth' expects a value between 1 and 64"),
+                ({"x-queue-depth": 65},
+                 "Parameter 'x-queue-depth' expects a value between 1 and 64"),
+                ({"x-chunk-size": 65536 * 3},
+                 "Parameter 'x-chunk-size' expects a power of 2 between "
+                 "65536 and 67108864"),
+                ({"x-chunk-size": 32768},
+                 "Parameter 'x-chunk-size' expects a power of 2 between "
+                 "65536 and 67108864"),
+                ({"x-chunk-size": 1 << 27},
+                 "Parameter 'x-chunk-size' expects a power of 2 between "
+                 "65536 and 67108864"),
+                ({"x-chunk-size": "big"},
+                 "Invalid parameter type for 'x-chunk-size', expected: "
+                 "integer")]:
+            a = {"device": "nowhere", "job-id": "s0"}
+            a.update(args)
+            c.err("block-stream", a, desc=desc)
+        assert [t for t in tokens(c, m) if not t.startswith("error")] == []
+        for i, (depth, chunk) in enumerate([(1, 65536), (3, 1 << 20),
+                                            (64, 2 << 20), (2, 64 << 20)]):
+            sub = os.path.join(d.workdir, str(i))
+            os.mkdir(sub)
+            paths = make_chain(sub)
+            base, mid, top, flat = paths
+            add_chain(c, paths[:3])
+            m, seq = stream(c, {"device": "top", "job-id": "s%d" % i,
+                                "x-queue-depth": depth,
+                                "x-chunk-size": chunk})
+            assert seq == SUCCESS, (depth, chunk, seq)
+            assert completed(c, m)[0]["offset"] == SIZE, completed(c, m)
+            del_nodes(c, "top", "mid", "base")
+            check(top)
+            same_content(top, flat)
+            assert allocated_in_top(top) == [(0, 3 * MiB)], img_map(top)
+
+
 if __name__ == "__main__":
     Runner(globals()).run()

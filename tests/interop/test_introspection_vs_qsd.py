@@ -58,6 +58,10 @@ def diff(a, b, path="", out=None, notes=None):
             if k not in am:
                 (notes if bm[k][1] else out).append(
                     "%s.%s: missing in blockjobd" % (path, k))
+            elif k not in bm and k.startswith("x-") and am[k][1]:
+                # blockjobd's own optional extensions, x- as QEMU names
+                # experimental arguments (block-stream's tuning knobs).
+                notes.append("%s.%s: blockjobd extension" % (path, k))
             elif k not in bm:
                 out.append("%s.%s: not in qsd" % (path, k))
             elif am[k] != bm[k]:
