@@ -13,8 +13,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +25,7 @@
 
 #include "daemon/client.h"
 #include "daemon/events.h"
+#include "daemon/ids.h"
 #include "daemon/log.h"
 #include "daemon/notify.h"
 #include "daemon/server.h"
@@ -135,39 +134,6 @@ static int parse_size(const char *arg, size_t *out)
     return 0;
 }
 
-/* A number (all digits) or a name from the user/group database. */
-static int parse_id(const char *arg, bool group, unsigned *out)
-{
-    char *end;
-    unsigned long v;
-
-    if (*arg >= '0' && *arg <= '9') {
-        errno = 0;
-        v = strtoul(arg, &end, 10);
-        if (errno || *end || v >= 0xffffffffUL) {
-            return -1;
-        }
-        *out = (unsigned)v;
-        return 0;
-    }
-    if (group) {
-        struct group *gr = getgrnam(arg);
-
-        if (!gr) {
-            return -1;
-        }
-        *out = (unsigned)gr->gr_gid;
-    } else {
-        struct passwd *pw = getpwnam(arg);
-
-        if (!pw) {
-            return -1;
-        }
-        *out = (unsigned)pw->pw_uid;
-    }
-    return 0;
-}
-
 static int add_socket(struct config *cfg, const char *path, bool readonly)
 {
     if (cfg->n_sockets == MAX_SOCKETS) {
@@ -242,7 +208,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
             cfg->file.mode = (mode_t)mode;
             break;
         case OPT_GROUP:
-            if (parse_id(optarg, true, &id) < 0) {
+            if (ids_parse(IDS_GROUP, optarg, &id) < 0) {
                 USAGE_ERROR("--socket-group: '%s' is not a known group or a "
                             "group number",
                             optarg);
@@ -250,7 +216,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
             cfg->file.gid = (gid_t)id;
             break;
         case OPT_ALLOW_UID:
-            if (parse_id(optarg, false, &id) < 0) {
+            if (ids_parse(IDS_PASSWD, optarg, &id) < 0) {
                 USAGE_ERROR("--allow-uid: '%s' is not a known user or a user "
                             "number",
                             optarg);

@@ -199,6 +199,39 @@ def test_allow_uid_and_socket_group():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def first_entry(path):
+    """(name, id) of the first entry of passwd(5)/group(5) `path` other
+    than root's."""
+    with open(path) as f:
+        for line in f:
+            fields = line.rstrip("\n").split(":")
+            if (len(fields) > 2 and fields[2].isdigit() and fields[2] != "0"
+                    and not line.startswith("#")):
+                return fields[0], int(fields[2])
+    return None, None
+
+
+def test_allow_uid_and_socket_group_by_name():
+    """Names are read from /etc/passwd and /etc/group (the daemon is linked
+    statically and uses no NSS); unknown names: test_bad_options."""
+    user, uid = first_entry("/etc/passwd")
+    group, gid = first_entry("/etc/group")
+    if os.geteuid() != 0 or user is None or group is None:
+        print("not root or no user/group entries: skipped")
+        return
+    d = workdir()
+    os.chmod(d, 0o755)
+    with Daemon(["--allow-uid", user, "--socket-mode", "0666",
+                 "--socket-group", group], workdir=d) as dm:
+        st = os.stat(dm.sock)
+        assert st.st_gid == gid, (group, gid, st)
+        ok = connect_as(dm.sock, uid)
+        assert ok.startswith('{"QMP": '), (user, uid, ok)
+        refused = connect_as(dm.sock, 4343)
+        assert refused.startswith('{"error": '), refused
+    shutil.rmtree(d, ignore_errors=True)
+
+
 # ---- sd_notify and socket activation ---------------------------------------
 
 def test_notify_ready_status_watchdog_stopping():
