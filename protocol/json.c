@@ -34,6 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* QEMU's per-message token byte limit; used by qmp_json_parse(). */
 #define JSON_QEMU_MAX_BYTES (64u << 20)
@@ -192,6 +195,61 @@ static const uint8_t lex_table[L_NSTATES][256] = {
         },
 };
 #pragma GCC diagnostic pop
+
+/* ---- plain runs ---------------------------------------------------------- */
+
+/* Length of the run at p of printable ASCII other than both quotes and the
+ * backslash: what every string path (lexer, parser, encoder) passes through
+ * unchanged. 16 bytes at a time with SSE2 (every x86-64 has it), else 8 at
+ * a time: a word is plain when none of its bytes is below 0x20, has the top
+ * bit, or equals one of the four excluded values (the classic "has a zero
+ * byte" test on v ^ c). */
+static size_t plain_run(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+
+#ifdef __SSE2__
+    const __m128i below = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7F);
+    const __m128i dq = _mm_set1_epi8('"'), sq = _mm_set1_epi8('\'');
+    const __m128i bs = _mm_set1_epi8('\\');
+
+    for (; i + 16 <= n; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        /* signed: bytes from 0x80 up are negative, so below 0x20 too */
+        __m128i bad =
+            _mm_or_si128(_mm_cmplt_epi8(x, below), _mm_cmpeq_epi8(x, del));
+        unsigned mask;
+
+        bad = _mm_or_si128(
+            bad, _mm_or_si128(_mm_cmpeq_epi8(x, dq), _mm_cmpeq_epi8(x, sq)));
+        bad = _mm_or_si128(bad, _mm_cmpeq_epi8(x, bs));
+        mask = (unsigned)_mm_movemask_epi8(bad);
+        if (mask) {
+            return i + (size_t)__builtin_ctz(mask);
+        }
+    }
+#else
+    const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;
+
+#define HAS_ZERO(x) (((x)-ones) & ~(x)&highs)
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+
+        memcpy(&v, p + i, 8);
+        if ((((v - ones * 0x20) & ~v & highs) | (v & highs) |
+             HAS_ZERO(v ^ (ones * '"')) | HAS_ZERO(v ^ (ones * '\'')) |
+             HAS_ZERO(v ^ (ones * '\\')) | HAS_ZERO(v ^ (ones * 0x7F))) != 0) {
+            break;
+        }
+    }
+#undef HAS_ZERO
+#endif
+    while (i < n && p[i] >= 0x20 && p[i] < 0x7F && p[i] != '"' &&
+           p[i] != '\'' && p[i] != '\\') {
+        i++;
+    }
+    return i;
+}
 
 /* ---- modified UTF-8 ----------------------------------------------------- */
 
@@ -413,6 +471,7 @@ static json_t *parse_string(struct parser *p, const char *tok)
             *s != '\\') {
             const char *run = s;
 
+            s += plain_run((const unsigned char *)s, (size_t)(tok_end - s));
             while ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x80 &&
                    *s != '\\' && *s != quote) {
                 s++;
@@ -1076,6 +1135,9 @@ static size_t same_state_run(int state, const unsigned char *p, size_t n)
     const uint8_t *row = lex_table[state];
     size_t i = 0;
 
+    if (state == L_DQ || state == L_SQ) {
+        i = plain_run(p, n); /* all of it stays inside a string */
+    }
     while (i < n && row[p[i]] == state) {
         i++;
     }
@@ -1205,6 +1267,7 @@ static int encode_string(struct bytes *out, const char *str, size_t n)
         int cp;
 
         /* printable ASCII other than " and \ goes out as is */
+        run += plain_run(s + run, n - run);
         while (run < n && s[run] >= 0x20 && s[run] < 0x7F && s[run] != '"' &&
                s[run] != '\\') {
             run++;

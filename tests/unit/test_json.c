@@ -677,6 +677,61 @@ static void test_encode_strings(void **state)
     check_encode(json_pack("{s:i}", "k\xc3\xa9\n", 1), "{\"k\\u00E9\\n\": 1}");
 }
 
+/* Long strings take the word-at-a-time paths of the lexer, the parser and
+ * the encoder: every special byte at every offset within and around the
+ * 8-byte words must still be seen. */
+static void test_long_string_runs(void **state)
+{
+    static const struct {
+        const char *in;  /* as written inside "..." in JSON */
+        const char *val; /* decoded */
+        const char *out; /* as encoded */
+    } specials[] = {
+        {"\\\"", "\"", "\\\""},
+        {"\\\\", "\\", "\\\\"},
+        {"'", "'", "'"},
+        {"\x7f", "\x7f", "\\u007F"},
+        {"\xc3\xa9", "\xc3\xa9", "\\u00E9"},
+        {"\\n", "\n", "\\n"},
+        {"~", "~", "~"},
+        {" ", " ", " "},
+    };
+    char text[128], want_out[128], want_val[64], *enc;
+    size_t i, k;
+
+    (void)state;
+    for (i = 0; i < sizeof(specials) / sizeof(specials[0]); i++) {
+        for (k = 0; k <= 24; k++) {
+            const char *err = NULL;
+            json_t *v;
+
+            snprintf(text, sizeof(text), "\"%.*s%s%.*s\"", (int)k,
+                     "abcdefghijklmnopqrstuvwxyz", specials[i].in,
+                     (int)(24 - k), "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            snprintf(want_val, sizeof(want_val), "%.*s%s%.*s", (int)k,
+                     "abcdefghijklmnopqrstuvwxyz", specials[i].val,
+                     (int)(24 - k), "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            snprintf(want_out, sizeof(want_out), "\"%.*s%s%.*s\"", (int)k,
+                     "abcdefghijklmnopqrstuvwxyz", specials[i].out,
+                     (int)(24 - k), "ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+            v = qmp_json_parse(text, &err);
+            assert_non_null(v);
+            assert_string_equal(json_string_value(v), want_val);
+            enc = qmp_json_encode(v, NULL);
+            assert_string_equal(enc, want_out);
+            free(enc);
+            json_decref(v);
+        }
+    }
+    /* A control byte in the middle of a long run is still an error. */
+    {
+        const char *err = NULL;
+
+        assert_null(qmp_json_parse("\"abcdefghijklmnop\x01qrstuvwxyz\"", &err));
+        assert_non_null(err);
+    }
+}
+
 static void test_encode_deep(void **state)
 {
     json_t *root = json_array(), *cur = root;
@@ -790,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_size_limit_bounded_memory),
         cmocka_unit_test(test_token_count_limit),
         cmocka_unit_test(test_split_equivalence),
+        cmocka_unit_test(test_long_string_runs),
         cmocka_unit_test(test_stop_from_callback),
         cmocka_unit_test(test_parse_one),
         cmocka_unit_test(test_encode_layout),
