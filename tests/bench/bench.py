@@ -121,6 +121,50 @@ def drop_caches(state):
         return False
 
 
+def disk_of(path):
+    """Name of the whole block device holding path (for /proc/diskstats),
+    or None."""
+    st = os.stat(path)
+    try:
+        real = os.path.realpath("/sys/dev/block/%d:%d" % (
+            os.major(st.st_dev), os.minor(st.st_dev)))
+    except OSError:
+        return None
+    if os.path.exists(os.path.join(real, "partition")):
+        real = os.path.dirname(real)
+    name = os.path.basename(real)
+    return name if os.path.exists("/sys/block/" + name) else None
+
+
+def disk_counters(dev):
+    """Reads, read sectors, writes, write sectors, busy ms and weighted
+    in-flight ms of one device (/proc/diskstats), or None."""
+    if not dev:
+        return None
+    with open("/proc/diskstats") as f:
+        for line in f:
+            x = line.split()
+            if x[2] == dev:
+                return {"rd": int(x[3]), "rd_sec": int(x[5]),
+                        "wr": int(x[7]), "wr_sec": int(x[9]),
+                        "busy_ms": int(x[12]), "wait_ms": int(x[13])}
+    return None
+
+
+def disk_figures(a, b, secs):
+    """What the device saw between two disk_counters() readings: average
+    request sizes, share of the time it had requests, and the average
+    number in flight (Little's law on the weighted time)."""
+    if not a or not b or secs <= 0:
+        return {}
+    d = {k: b[k] - a[k] for k in a}
+    return {"dev_read_kib": d["rd_sec"] / 2 / d["rd"] if d["rd"] else 0,
+            "dev_write_kib": d["wr_sec"] / 2 / d["wr"] if d["wr"] else 0,
+            "dev_busy_pct": 100.0 * d["busy_ms"] / 1000 / secs,
+            "dev_inflight": d["wait_ms"] / 1000 / secs,
+            "dev_mib": (d["rd_sec"] + d["wr_sec"]) / 2048}
+
+
 # ---- images --------------------------------------------------------------
 
 def write_random_file(path, size, chunk=4 * MiB):
@@ -351,6 +395,7 @@ def stream_round(system, chains, workdir, binary, state):
         total = sum(ch["size"] for ch in chains)
         timeout = max(600.0, total / MiB)  # ≥ 1 MiB/s or fail
         cpu0 = cpu_seconds(p.pid)
+        disk0 = disk_counters(state.get("disk"))
         t0 = time.perf_counter()
         for i in range(len(chains)):
             a = {"job-id": "j%d" % i, "device": "c%d-top" % i}
@@ -379,6 +424,8 @@ def stream_round(system, chains, workdir, binary, state):
             for n in ("top", "mid", "base"):
                 c.ok("blockdev-del", {"node-name": "c%d-%s" % (i, n)})
         t_dur = time.perf_counter()
+        res.update(disk_figures(disk0, disk_counters(state.get("disk")),
+                                t_dur - t0))
         cpu1 = cpu_seconds(p.pid)
         res.update(job_s=t_job - t0, durable_s=t_dur - t0,
                    mibps=total / MiB / (t_dur - t0),
@@ -417,9 +464,12 @@ def fio_round(chains, workdir, state):
                                     for ch in chains),
            "--name=write", "--rw=write", "--end_fsync=1",
            "--filename=" + ":".join(outs)]
+    disk0 = disk_counters(state.get("disk"))
     t0 = time.perf_counter()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t = time.perf_counter() - t0
+    # (over fio's whole wall time, start-up included: busy % is low-biased)
+    dev = disk_figures(disk0, disk_counters(state.get("disk")), t)
     for o in outs:
         if os.path.exists(o):
             os.unlink(o)
@@ -433,7 +483,7 @@ def fio_round(chains, workdir, state):
     copy = max(rd, wr)
     return {"system": "fio", "durable_s": copy, "job_s": copy,
             "mibps": total / MiB / copy, "read_runtime_s": rd,
-            "write_runtime_s": wr, "fio_wall_s": t}
+            "write_runtime_s": wr, "fio_wall_s": t, **dev}
 
 
 # ---- QMP latency, fan-out, start-up, RSS --------------------------------
@@ -703,7 +753,8 @@ def aggregate(rounds):
         ok = [r for r in rs if "error" not in r]
         out[name] = {k: summary([r.get(k) for r in ok]) for k in
                      ("job_s", "durable_s", "mibps", "cpu_s",
-                      "cpu_s_per_gib", "peak_rss_kib")}
+                      "cpu_s_per_gib", "peak_rss_kib", "dev_read_kib",
+                      "dev_write_kib", "dev_busy_pct", "dev_inflight")}
         out[name]["rounds"] = len(rs)
         out[name]["failed"] = len(rs) - len(ok)
     return out
@@ -740,6 +791,23 @@ def stream_table(agg, title, total):
             fmt(rss, "%.1f") if name != "fio" else "–",
             a["rounds"] - a["failed"], a["rounds"]))
     return lines
+
+
+def device_table(agg):
+    """The device's side of the same rounds (/proc/diskstats deltas from
+    the block-stream command to the end of blockdev-del)."""
+    lines = ["| system | read request KiB | write request KiB | device busy % "
+             "| requests in flight |", "|---|---|---|---|---|"]
+    for name in (["blockjobd"] + sorted(VARIANTS) +
+                 ["qsd", "qsd-native", "fio"]):
+        a = agg.get(name)
+        if not a or not a.get("dev_busy_pct"):
+            continue
+        lines.append("| %s | %s | %s | %s | %s |" % (
+            name, fmt(a["dev_read_kib"], "%.0f"),
+            fmt(a["dev_write_kib"], "%.0f"), fmt(a["dev_busy_pct"], "%.0f"),
+            fmt(a["dev_inflight"], "%.1f")))
+    return lines if len(lines) > 2 else []
 
 
 def target_lines(res):
@@ -827,6 +895,12 @@ def render_md(res):
               "flushes)." % (human(s["size"]), s["mid_clusters"]), ""]
         L += stream_table(s["summary"], "system", s["size"])
         L.append("")
+        dev = device_table(s["summary"])
+        if dev:
+            L += ["What the disk saw in the same rounds (`/proc/diskstats` "
+                  "of %s): average request sizes, the share of the time it "
+                  "had requests, and their average number in flight." %
+                  res["config"].get("disk"), ""] + dev + [""]
     if "multi" in res:
         s = res["multi"]
         L += ["## 8 streams on 8 chains at once", "",
@@ -1092,9 +1166,10 @@ def main():
                 break
     work = tempfile.mkdtemp(dir=args.dir, prefix="run-")
     rng = random.Random(args.seed)
-    state = {}
+    state = {"disk": disk_of(work)}
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "config": {"size": size, "rounds": args.rounds,
+                      "disk": state["disk"],
                       "multi_size": msize, "multi_count": args.multi_count,
                       "systems": systems, "dir": args.dir, "fstype": fstype,
                       "cpu": cpu, "ncpu": os.cpu_count(),
