@@ -11,87 +11,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "backends/bdev_int.h"
 #include "protocol/json.h"
+#include "tests/fakes/scratch.h"
+#include "tests/fakes/test_io.h"
 
 #define MiB (1u << 20)
-
-static uv_loop_t loop;
-static char dir[256];
-
-__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
-
-static const char *path(const char *name)
-{
-    static char buf[8][512];
-    static int i;
-
-    i = (i + 1) % 8;
-    snprintf(buf[i], sizeof(buf[i]), "%s/%s", dir, name);
-    return buf[i];
-}
-
-struct done {
-    bool done;
-    int ret;
-};
-
-static void io_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    d->done = true;
-    d->ret = ret;
-}
-
-static int wait_done(struct done *d)
-{
-    while (!d->done) {
-        uv_run(&loop, UV_RUN_ONCE);
-    }
-    return d->ret;
-}
-
-static int do_read(struct bdev *bs, uint64_t off, uint64_t len, void *buf)
-{
-    struct done d = {0};
-    int ret = bdev_read(bs, off, len, buf, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
-
-static int do_write(struct bdev *bs, uint64_t off, uint64_t len,
-                    const void *buf)
-{
-    struct done d = {0};
-    int ret = bdev_write(bs, off, len, buf, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
-
-static int do_flush(struct bdev *bs)
-{
-    struct done d = {0};
-    int ret = bdev_flush(bs, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
 
 __attribute__((format(printf, 1, 2))) static struct bdev *
 open_node(const char *fmt, ...)
@@ -135,7 +64,7 @@ static void expect_runs(struct bdev *bs, uint64_t size, const struct run *runs,
         uint64_t len = size - off < chunk ? size - off : chunk;
 
         memset(buf, 0xa5, len);
-        assert_int_equal(do_read(bs, off, len, buf), 0);
+        assert_int_equal(test_io_read(bs, off, len, buf), 0);
         for (uint64_t i = 0; i < len; i++) {
             int want = 0;
 
@@ -158,9 +87,10 @@ static void expect_runs(struct bdev *bs, uint64_t size, const struct run *runs,
 static int qemu_io_verify(const char *fmt, const char *file, uint64_t off,
                           uint64_t len, int pat)
 {
-    return sh("qemu-io -r -f %s -c 'read -q -P 0x%02x %llu %llu' '%s' 2>&1 "
-              "| grep -q -i -e fail -e error -e mismatch && exit 1 || exit 0",
-              fmt, pat, (unsigned long long)off, (unsigned long long)len, file);
+    return scratch_sh(
+        "qemu-io -r -f %s -c 'read -q -P 0x%02x %llu %llu' '%s' 2>&1 "
+        "| grep -q -i -e fail -e error -e mismatch && exit 1 || exit 0",
+        fmt, pat, (unsigned long long)off, (unsigned long long)len, file);
 }
 
 /* The raw image every raw test reads. */
@@ -175,36 +105,30 @@ static const struct run raw_runs[] = {
 static void make_raw(const char *name)
 {
     assert_int_equal(
-        sh("rm -f '%s' && qemu-img create -q -f raw '%s' 4M && "
-           "qemu-io -f raw -c 'write -q -P 0x11 0 64k' "
-           "-c 'write -q -P 0x22 100000 5000' -c 'write -q -P 0x33 1M 512' "
-           "-c 'write -q -P 0x44 3M 1M' -c 'write -q -P 0x45 3149824 8k' "
-           "'%s'",
-           path(name), path(name), path(name)),
+        scratch_sh(
+            "rm -f '%s' && qemu-img create -q -f raw '%s' 4M && "
+            "qemu-io -f raw -c 'write -q -P 0x11 0 64k' "
+            "-c 'write -q -P 0x22 100000 5000' -c 'write -q -P 0x33 1M 512' "
+            "-c 'write -q -P 0x44 3M 1M' -c 'write -q -P 0x45 3149824 8k' "
+            "'%s'",
+            scratch_path(name), scratch_path(name), scratch_path(name)),
         0);
 }
-
-#define NEED_QEMU()                                                            \
-    do {                                                                       \
-        if (!dir[0]) {                                                         \
-            skip();                                                            \
-        }                                                                      \
-    } while (0)
 
 static void test_file_and_raw(void **state)
 {
     struct bdev *bs;
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     make_raw("a.raw");
     bs = open_node("{'driver': 'file', 'node-name': 'f', 'filename': '%s'}",
-                   path("a.raw"));
+                   scratch_path("a.raw"));
     expect_runs(bs, 4 * MiB, raw_runs, 5, 256 << 10);
     bdev_unref(bs);
     bs = open_node("{'driver': 'raw', 'node-name': 'r', 'file': {'driver': "
                    "'file', 'filename': '%s'}}",
-                   path("a.raw"));
+                   scratch_path("a.raw"));
     expect_runs(bs, 4 * MiB, raw_runs, 5, 1000); /* unaligned pieces */
     bdev_unref(bs);
     /* A window: offset 64 KiB - 4 KiB, 1 MiB long. */
@@ -218,7 +142,7 @@ static void test_file_and_raw(void **state)
         bs = open_node("{'driver': 'raw', 'node-name': 'w', 'offset': 61440, "
                        "'size': 1048576, 'file': {'driver': 'file', "
                        "'filename': '%s'}}",
-                       path("a.raw"));
+                       scratch_path("a.raw"));
         expect_runs(bs, MiB, win, 3, 65536);
         bdev_unref(bs);
     }
@@ -230,25 +154,25 @@ static void test_blkdebug_under_raw(void **state)
     uint8_t *buf = bdev_buf_alloc(65536);
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     make_raw("b.raw");
     bs = open_node("{'driver': 'raw', 'node-name': 'r', 'file': {'driver': "
                    "'blkdebug', 'image': {'driver': 'file', 'filename': "
                    "'%s'}}}",
-                   path("b.raw"));
+                   scratch_path("b.raw"));
     expect_runs(bs, 4 * MiB, raw_runs, 5, 192 << 10);
     /* Writes pass through too and qemu-io sees them. */
     memset(buf, 0x66, 65536);
-    assert_int_equal(do_write(bs, 2 * MiB, 65536, buf), 0);
-    assert_int_equal(do_write(bs, 100000, 4096, buf), 0);
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_write(bs, 2 * MiB, 65536, buf), 0);
+    assert_int_equal(test_io_write(bs, 100000, 4096, buf), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     bdev_unref(bs);
-    assert_int_equal(qemu_io_verify("raw", path("b.raw"), 2 * MiB, 65536, 0x66),
-                     0);
-    assert_int_equal(qemu_io_verify("raw", path("b.raw"), 100000, 4096, 0x66),
-                     0);
-    assert_int_equal(qemu_io_verify("raw", path("b.raw"), 104096, 904, 0x22),
-                     0);
+    assert_int_equal(
+        qemu_io_verify("raw", scratch_path("b.raw"), 2 * MiB, 65536, 0x66), 0);
+    assert_int_equal(
+        qemu_io_verify("raw", scratch_path("b.raw"), 100000, 4096, 0x66), 0);
+    assert_int_equal(
+        qemu_io_verify("raw", scratch_path("b.raw"), 104096, 904, 0x22), 0);
     bdev_buf_free(buf);
 }
 
@@ -268,25 +192,26 @@ static void test_chain_over_blkdebug(void **state)
     struct bdev *base, *mid, *top;
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     assert_int_equal(
-        sh("cd '%s' && rm -f base.qcow2 mid.qcow2 top.qcow2 && "
-           "qemu-img create -q -f qcow2 base.qcow2 4M && "
-           "qemu-io -f qcow2 -c 'write -q -c -P 0x11 0 2M' "
-           "-c 'write -q -z 1M 64k' base.qcow2 && "
-           "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 "
-           "-F qcow2 mid.qcow2 && "
-           "qemu-io -f qcow2 -c 'write -q -P 0x22 512k 1M' mid.qcow2 && "
-           "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 && "
-           "qemu-io -f qcow2 -c 'write -q -P 0x33 0 64k' "
-           "-c 'write -q -P 0x34 3M 4k' -c 'write -q -P 0x35 3149824 512' "
-           "top.qcow2 && qemu-img convert -U -O raw top.qcow2 flat.raw",
-           dir),
+        scratch_sh(
+            "cd '%s' && rm -f base.qcow2 mid.qcow2 top.qcow2 && "
+            "qemu-img create -q -f qcow2 base.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -q -c -P 0x11 0 2M' "
+            "-c 'write -q -z 1M 64k' base.qcow2 && "
+            "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 "
+            "-F qcow2 mid.qcow2 && "
+            "qemu-io -f qcow2 -c 'write -q -P 0x22 512k 1M' mid.qcow2 && "
+            "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 && "
+            "qemu-io -f qcow2 -c 'write -q -P 0x33 0 64k' "
+            "-c 'write -q -P 0x34 3M 4k' -c 'write -q -P 0x35 3149824 512' "
+            "top.qcow2 && qemu-img convert -U -O raw top.qcow2 flat.raw",
+            scratch_dir),
         0);
     /* Implicit backing nodes: the chain from the headers. */
     top = open_node("{'driver': 'qcow2', 'node-name': 'top', 'read-only': "
                     "true, 'file': {'driver': 'file', 'filename': '%s'}}",
-                    path("top.qcow2"));
+                    scratch_path("top.qcow2"));
     expect_runs(top, 4 * MiB, runs, 6, 320 << 10);
     bdev_unref(top);
 
@@ -294,15 +219,15 @@ static void test_chain_over_blkdebug(void **state)
     base = open_node("{'driver': 'qcow2', 'node-name': 'base', 'read-only': "
                      "true, 'file': {'driver': 'blkdebug', 'image': "
                      "{'driver': 'file', 'filename': '%s'}}}",
-                     path("base.qcow2"));
+                     scratch_path("base.qcow2"));
     mid = open_node("{'driver': 'qcow2', 'node-name': 'mid', 'read-only': "
                     "true, 'backing': 'base', 'file': {'driver': 'blkdebug', "
                     "'image': {'driver': 'file', 'filename': '%s'}}}",
-                    path("mid.qcow2"));
+                    scratch_path("mid.qcow2"));
     top = open_node("{'driver': 'qcow2', 'node-name': 'top', 'read-only': "
                     "true, 'backing': 'mid', 'file': {'driver': 'blkdebug', "
                     "'image': {'driver': 'file', 'filename': '%s'}}}",
-                    path("top.qcow2"));
+                    scratch_path("top.qcow2"));
     expect_runs(top, 4 * MiB, runs, 6, 64 << 10);
     expect_runs(top, 4 * MiB, runs, 6, 3000);
     bdev_unref(top);
@@ -310,22 +235,23 @@ static void test_chain_over_blkdebug(void **state)
     bdev_unref(base);
 
     /* The base flattened to raw, over blkdebug, under mid and top. */
-    assert_int_equal(sh("cd '%s' && qemu-img convert -U -O raw base.qcow2 "
-                        "base.raw",
-                        dir),
-                     0);
+    assert_int_equal(
+        scratch_sh("cd '%s' && qemu-img convert -U -O raw base.qcow2 "
+                   "base.raw",
+                   scratch_dir),
+        0);
     base = open_node("{'driver': 'raw', 'node-name': 'base', 'read-only': "
                      "true, 'file': {'driver': 'blkdebug', 'image': "
                      "{'driver': 'file', 'filename': '%s'}}}",
-                     path("base.raw"));
+                     scratch_path("base.raw"));
     mid = open_node("{'driver': 'qcow2', 'node-name': 'mid', 'read-only': "
                     "true, 'backing': 'base', 'file': {'driver': 'file', "
                     "'filename': '%s'}}",
-                    path("mid.qcow2"));
+                    scratch_path("mid.qcow2"));
     top = open_node("{'driver': 'qcow2', 'node-name': 'top', 'read-only': "
                     "true, 'backing': 'mid', 'file': {'driver': 'file', "
                     "'filename': '%s'}}",
-                    path("top.qcow2"));
+                    scratch_path("top.qcow2"));
     expect_runs(top, 4 * MiB, runs, 6, MiB);
     bdev_unref(top);
     bdev_unref(mid);
@@ -334,7 +260,7 @@ static void test_chain_over_blkdebug(void **state)
     /* And the flattened chain through raw agrees. */
     top = open_node("{'driver': 'raw', 'node-name': 'flat', 'file': "
                     "{'driver': 'file', 'filename': '%s'}}",
-                    path("flat.raw"));
+                    scratch_path("flat.raw"));
     expect_runs(top, 4 * MiB, runs, 6, MiB);
     bdev_unref(top);
 }
@@ -346,17 +272,18 @@ static void test_raw_over_qcow2(void **state)
     struct bdev *bs;
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("cd '%s' && rm -f q.qcow2 && "
-                        "qemu-img create -q -f qcow2 q.qcow2 2M && "
-                        "qemu-io -f qcow2 -c 'write -q -P 0x77 1M 128k' "
-                        "q.qcow2",
-                        dir),
-                     0);
+    SCRATCH_NEED();
+    assert_int_equal(
+        scratch_sh("cd '%s' && rm -f q.qcow2 && "
+                   "qemu-img create -q -f qcow2 q.qcow2 2M && "
+                   "qemu-io -f qcow2 -c 'write -q -P 0x77 1M 128k' "
+                   "q.qcow2",
+                   scratch_dir),
+        0);
     bs = open_node("{'driver': 'raw', 'node-name': 'r', 'read-only': true, "
                    "'file': {'driver': 'qcow2', 'file': {'driver': 'file', "
                    "'filename': '%s'}}}",
-                   path("q.qcow2"));
+                   scratch_path("q.qcow2"));
     expect_runs(bs, 2 * MiB, runs, 1, 100000);
     bdev_unref(bs);
 }
@@ -371,16 +298,16 @@ static void test_null(void **state)
     bs = open_node("{'driver': 'null-co', 'node-name': 'z', 'size': 8192, "
                    "'read-zeroes': true}");
     memset(buf, 0xcc, sizeof(buf));
-    assert_int_equal(do_read(bs, 4096, 4096, buf), 0);
+    assert_int_equal(test_io_read(bs, 4096, 4096, buf), 0);
     for (size_t i = 0; i < sizeof(buf); i++) {
         assert_int_equal(buf[i], 0);
     }
-    assert_int_equal(do_write(bs, 0, 4096, buf), 0);
+    assert_int_equal(test_io_write(bs, 0, 4096, buf), 0);
     bdev_unref(bs);
     bs = open_node("{'driver': 'null-co', 'node-name': 'n'}");
     assert_int_equal(bdev_length(bs), 1073741824);
     memset(buf, 0xcc, sizeof(buf));
-    assert_int_equal(do_read(bs, 0, 4096, buf), 0);
+    assert_int_equal(test_io_read(bs, 0, 4096, buf), 0);
     for (size_t i = 0; i < sizeof(buf); i++) {
         assert_int_equal(buf[i], 0xcc);
     }
@@ -389,45 +316,26 @@ static void test_null(void **state)
 
 static int setup(void **state)
 {
-    (void)state;
-    uv_loop_init(&loop);
-    bdev_init(&loop);
-    if (sh("command -v qemu-img >/dev/null && command -v qemu-io "
-           ">/dev/null") != 0) {
-        return 0;
+    if (test_io_setup(state) < 0) {
+        return -1;
     }
-    snprintf(dir, sizeof(dir), "/var/tmp/test_bdev_drivers.XXXXXX");
-    if (!mkdtemp(dir)) {
-        dir[0] = '\0';
-    }
-    return 0;
-}
-
-static int per_test_teardown(void **state)
-{
-    (void)state;
-    bdev_close_all();
-    return 0;
+    return scratch_make("test_bdev_drivers", "qemu-img qemu-io");
 }
 
 static int teardown(void **state)
 {
-    (void)state;
-    bdev_close_all();
-    if (dir[0] && !getenv("KEEP")) {
-        sh("rm -rf '%s'", dir);
-    }
-    return 0;
+    test_io_close_all(state);
+    return scratch_remove();
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_file_and_raw, per_test_teardown),
-        cmocka_unit_test_teardown(test_blkdebug_under_raw, per_test_teardown),
-        cmocka_unit_test_teardown(test_chain_over_blkdebug, per_test_teardown),
-        cmocka_unit_test_teardown(test_raw_over_qcow2, per_test_teardown),
-        cmocka_unit_test_teardown(test_null, per_test_teardown),
+        cmocka_unit_test_teardown(test_file_and_raw, test_io_close_all),
+        cmocka_unit_test_teardown(test_blkdebug_under_raw, test_io_close_all),
+        cmocka_unit_test_teardown(test_chain_over_blkdebug, test_io_close_all),
+        cmocka_unit_test_teardown(test_raw_over_qcow2, test_io_close_all),
+        cmocka_unit_test_teardown(test_null, test_io_close_all),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -25,27 +25,13 @@
 #include <cmocka.h>
 
 #include "backends/bdev_int.h"
+#include "tests/fakes/scratch.h"
 
 #define VSIZE     (1ull << 30) /* virtual size: 8 L2 tables */
 #define SECTORS   (VSIZE / 512)
 #define CLUSTER   65536u
 #define PER_BATCH 24
 #define ROUNDS    16
-
-static char dir[256];
-
-__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -183,7 +169,8 @@ static void read_image(const char *img, const char *raw, uint8_t *got)
     uint8_t *buf = malloc(1 << 20);
     int fd;
 
-    assert_int_equal(sh("qemu-img convert -U -O raw '%s' '%s'", img, raw), 0);
+    assert_int_equal(
+        scratch_sh("qemu-img convert -U -O raw '%s' '%s'", img, raw), 0);
     fd = open(raw, O_RDONLY);
     assert_true(fd >= 0);
     memset(got, 0, SECTORS);
@@ -223,13 +210,11 @@ static void test_sigkill_writer(void **state)
     unsigned total_batches = 0, leaks = 0;
 
     (void)state;
-    if (!dir[0]) {
-        skip();
-    }
-    snprintf(img, sizeof(img), "%s/crash.qcow2", dir);
-    snprintf(raw, sizeof(raw), "%s/crash.raw", dir);
-    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' %llu", img,
-                        (unsigned long long)VSIZE),
+    SCRATCH_NEED();
+    snprintf(img, sizeof(img), "%s/crash.qcow2", scratch_dir);
+    snprintf(raw, sizeof(raw), "%s/crash.raw", scratch_dir);
+    assert_int_equal(scratch_sh("qemu-img create -q -f qcow2 '%s' %llu", img,
+                                (unsigned long long)VSIZE),
                      0);
     for (unsigned round = 0; round < ROUNDS; round++) {
         unsigned want = 1 + (unsigned)(rng_next(&seed) % 4), acked = 0, b;
@@ -281,9 +266,9 @@ static void test_sigkill_writer(void **state)
         total_batches += acked;
 
         /* No corruption: 0 clean, 3 leaked clusters only. */
-        rc = sh("qemu-img check -q '%s' >/dev/null 2>&1", img);
+        rc = scratch_sh("qemu-img check -q '%s' >/dev/null 2>&1", img);
         if (rc != 0 && rc != 3) {
-            sh("qemu-img check '%s'", img);
+            scratch_sh("qemu-img check '%s'", img);
             fail_msg("round %u: qemu-img check says %d", round, rc);
         }
         leaks += rc == 3;
@@ -335,23 +320,13 @@ static void test_sigkill_writer(void **state)
 static int setup(void **state)
 {
     (void)state;
-    if (sh("command -v qemu-img >/dev/null") != 0) {
-        return 0;
-    }
-    snprintf(dir, sizeof(dir), "/var/tmp/test_qcow2_crash.XXXXXX");
-    if (!mkdtemp(dir)) {
-        dir[0] = '\0';
-    }
-    return 0;
+    return scratch_make("test_qcow2_crash", "qemu-img");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    if (dir[0] && !getenv("KEEP")) {
-        sh("rm -rf '%s'", dir);
-    }
-    return 0;
+    return scratch_remove();
 }
 
 int main(void)

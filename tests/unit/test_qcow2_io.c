@@ -19,99 +19,10 @@
 #include "backends/bdev.h"
 #include "backends/bdev_int.h"
 #include "backends/qcow2.h"
+#include "tests/fakes/scratch.h"
+#include "tests/fakes/test_io.h"
 
-static uv_loop_t loop;
-static char dir[256];
 static int node_seq;
-
-__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    int st;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    st = system(cmd);
-    return st == -1 ? -1 : WEXITSTATUS(st);
-}
-
-static const char *path(const char *name)
-{
-    static char buf[16][512];
-    static int i;
-
-    i = (i + 1) % 16;
-    snprintf(buf[i], sizeof(buf[i]), "%s/%s", dir, name);
-    return buf[i];
-}
-
-struct done {
-    bool done;
-    int ret;
-    unsigned status;
-    uint64_t pnum;
-};
-
-static void io_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    d->done = true;
-    d->ret = ret;
-}
-
-static void st_cb(void *opaque, int ret, unsigned status, uint64_t pnum)
-{
-    struct done *d = opaque;
-
-    d->done = true;
-    d->ret = ret;
-    d->status = status;
-    d->pnum = pnum;
-}
-
-static int wait_done(struct done *d)
-{
-    while (!d->done) {
-        uv_run(&loop, UV_RUN_ONCE);
-    }
-    return d->ret;
-}
-
-static int do_read(struct bdev *bs, uint64_t off, uint64_t len, void *buf)
-{
-    struct done d = {0};
-    int ret = bdev_read(bs, off, len, buf, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
-
-static int do_write(struct bdev *bs, uint64_t off, uint64_t len,
-                    const void *buf)
-{
-    struct done d = {0};
-    int ret = bdev_write(bs, off, len, buf, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
-
-static int do_zero(struct bdev *bs, uint64_t off, uint64_t len)
-{
-    struct done d = {0};
-    int ret = bdev_write_zeroes(bs, off, len, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
-
-static int do_flush(struct bdev *bs)
-{
-    struct done d = {0};
-    int ret = bdev_flush(bs, io_cb, &d);
-
-    return ret ? ret : wait_done(&d);
-}
 
 static struct bdev *open_img_err(const char *name, bool ro, bool direct,
                                  const char *extra, struct qmp_error *err)
@@ -126,7 +37,7 @@ static struct bdev *open_img_err(const char *name, bool ro, bool direct,
              "\"read-only\": %s, \"cache\": {\"direct\": %s}, "
              "\"file\": {\"driver\": \"file\", \"filename\": \"%s\"}%s%s}",
              ++node_seq, ro ? "true" : "false", direct ? "true" : "false",
-             path(name), extra ? ", " : "", extra ? extra : "");
+             scratch_path(name), extra ? ", " : "", extra ? extra : "");
     opts = json_loads(js, 0, &jerr);
     assert_non_null(opts);
     bs = bdev_open_node(opts, true, err);
@@ -157,7 +68,7 @@ static void expect_pattern(struct bdev *bs, uint64_t off, uint64_t len,
     uint8_t *buf = bdev_buf_alloc(len);
 
     memset(buf, 0x5a ^ pat, len);
-    assert_int_equal(do_read(bs, off, len, buf), 0);
+    assert_int_equal(test_io_read(bs, off, len, buf), 0);
     for (uint64_t i = 0; i < len; i++) {
         if (buf[i] != pat) {
             bdev_buf_free(buf);
@@ -174,62 +85,41 @@ static void write_pattern(struct bdev *bs, uint64_t off, uint64_t len,
     uint8_t *buf = bdev_buf_alloc(len);
 
     memset(buf, pat, len);
-    assert_int_equal(do_write(bs, off, len, buf), 0);
+    assert_int_equal(test_io_write(bs, off, len, buf), 0);
     bdev_buf_free(buf);
 }
 
 /* qemu-img check: 0 = clean. Leaks are reported with exit code 3. */
 static int img_check(const char *name)
 {
-    return sh("qemu-img check -q '%s' >/dev/null 2>&1", path(name));
+    return scratch_sh("qemu-img check -q '%s' >/dev/null 2>&1",
+                      scratch_path(name));
 }
 
 static int qemu_io_read(const char *name, uint64_t off, uint64_t len,
                         unsigned pat)
 {
-    return sh("qemu-io -r -f qcow2 -c 'read -q -P 0x%02x %llu %llu' '%s' "
-              "2>&1 | grep -q -i -e fail -e error -e mismatch && exit 1 || "
-              "exit 0",
-              pat, (unsigned long long)off, (unsigned long long)len,
-              path(name));
+    return scratch_sh(
+        "qemu-io -r -f qcow2 -c 'read -q -P 0x%02x %llu %llu' '%s' "
+        "2>&1 | grep -q -i -e fail -e error -e mismatch && exit 1 || "
+        "exit 0",
+        pat, (unsigned long long)off, (unsigned long long)len,
+        scratch_path(name));
 }
 
 static int group_setup(void **state)
 {
-    (void)state;
-    if (sh("command -v qemu-img >/dev/null && command -v qemu-io "
-           ">/dev/null") != 0) {
-        return 0; /* tests skip one by one */
+    if (test_io_setup(state) < 0) {
+        return -1;
     }
-    snprintf(dir, sizeof(dir), "/var/tmp/test_qcow2_io.XXXXXX");
-    if (!mkdtemp(dir)) {
-        snprintf(dir, sizeof(dir), "/tmp/test_qcow2_io.XXXXXX");
-        if (!mkdtemp(dir)) {
-            return -1;
-        }
-    }
-    uv_loop_init(&loop);
-    return bdev_init(&loop);
+    return scratch_make("test_qcow2_io", "qemu-img qemu-io");
 }
 
 static int group_teardown(void **state)
 {
-    (void)state;
-    if (dir[0]) {
-        bdev_close_all();
-        if (!getenv("KEEP")) {
-            sh("rm -rf '%s'", dir);
-        }
-    }
-    return 0;
+    test_io_close_all(state);
+    return scratch_remove();
 }
-
-#define NEED_QEMU()                                                            \
-    do {                                                                       \
-        if (!dir[0]) {                                                         \
-            skip();                                                            \
-        }                                                                      \
-    } while (0)
 
 /* ---- reading images made by qemu --------------------------------------- */
 
@@ -237,13 +127,14 @@ static void check_read_patterns(const char *compat, bool direct)
 {
     struct bdev *bs;
 
-    assert_int_equal(sh("qemu-img create -q -f qcow2 -o compat=%s '%s' 4M",
-                        compat, path("r.qcow2")),
-                     0);
-    assert_int_equal(sh("qemu-io -f qcow2 -c 'write -q -P 0xab 0 64k' "
-                        "-c 'write -q -P 0xcd 1000k 200k' "
-                        "-c 'write -q -P 0x11 3M 4k' '%s'",
-                        path("r.qcow2")),
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 -o compat=%s '%s' 4M", compat,
+                   scratch_path("r.qcow2")),
+        0);
+    assert_int_equal(scratch_sh("qemu-io -f qcow2 -c 'write -q -P 0xab 0 64k' "
+                                "-c 'write -q -P 0xcd 1000k 200k' "
+                                "-c 'write -q -P 0x11 3M 4k' '%s'",
+                                scratch_path("r.qcow2")),
                      0);
     bs = open_img("r.qcow2", true, direct);
     assert_int_equal(bdev_length(bs), 4 << 20);
@@ -257,7 +148,7 @@ static void check_read_patterns(const char *compat, bool direct)
     {
         uint8_t *buf = bdev_buf_alloc(4 << 20);
 
-        assert_int_equal(do_read(bs, 0, 4 << 20, buf), 0);
+        assert_int_equal(test_io_read(bs, 0, 4 << 20, buf), 0);
         assert_int_equal(buf[0], 0xab);
         assert_int_equal(buf[(64 << 10) - 1], 0xab);
         assert_int_equal(buf[64 << 10], 0);
@@ -272,7 +163,7 @@ static void check_read_patterns(const char *compat, bool direct)
 static void test_read_v3(void **state)
 {
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     check_read_patterns("1.1", false);
     check_read_patterns("1.1", true);
 }
@@ -280,28 +171,29 @@ static void test_read_v3(void **state)
 static void test_read_v2(void **state)
 {
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     check_read_patterns("0.10", false);
 }
 
 static void test_chain(void **state)
 {
     struct bdev *bs;
-    struct done d = {0};
+    struct test_io_done d = {0};
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     assert_int_equal(
-        sh("qemu-img create -q -f qcow2 '%s' 2M && "
-           "qemu-io -f qcow2 -c 'write -q -P 0x11 0 1M' '%s' && "
-           "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 "
-           "-F qcow2 '%s' && "
-           "qemu-io -f qcow2 -c 'write -q -P 0x22 512k 512k' '%s' && "
-           "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 '%s' 3M "
-           "&& qemu-io -f qcow2 -c 'write -q -P 0x33 768k 64k' "
-           "-c 'write -q -z 0 64k' '%s'",
-           path("base.qcow2"), path("base.qcow2"), path("mid.qcow2"),
-           path("mid.qcow2"), path("top.qcow2"), path("top.qcow2")),
+        scratch_sh("qemu-img create -q -f qcow2 '%s' 2M && "
+                   "qemu-io -f qcow2 -c 'write -q -P 0x11 0 1M' '%s' && "
+                   "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 "
+                   "-F qcow2 '%s' && "
+                   "qemu-io -f qcow2 -c 'write -q -P 0x22 512k 512k' '%s' && "
+                   "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 '%s' 3M "
+                   "&& qemu-io -f qcow2 -c 'write -q -P 0x33 768k 64k' "
+                   "-c 'write -q -z 0 64k' '%s'",
+                   scratch_path("base.qcow2"), scratch_path("base.qcow2"),
+                   scratch_path("mid.qcow2"), scratch_path("mid.qcow2"),
+                   scratch_path("top.qcow2"), scratch_path("top.qcow2")),
         0);
     bs = open_img("top.qcow2", true, true);
     assert_non_null(bdev_backing(bs));
@@ -316,7 +208,7 @@ static void test_chain(void **state)
         assert_string_equal(
             json_string_value(json_object_get(info, "backing-filename-format")),
             "qcow2");
-        snprintf(want, sizeof(want), "%s", path("mid.qcow2"));
+        snprintf(want, sizeof(want), "%s", scratch_path("mid.qcow2"));
         assert_string_equal(
             json_string_value(json_object_get(info, "full-backing-filename")),
             want);
@@ -340,20 +232,23 @@ static void test_chain(void **state)
     expect_pattern(bs, 1 << 20, 2 << 20, 0); /* past the 2M backing too */
 
     /* Per-layer status: zero cluster, then unallocated. */
-    assert_int_equal(bdev_block_status(bs, 0, 1 << 20, st_cb, &d), 0);
-    assert_false(d.done); /* never inside the call */
-    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(bdev_block_status(bs, 0, 1 << 20, test_io_status_cb, &d),
+                     0);
+    assert_int_equal(d.calls, 0); /* never inside the call */
+    assert_int_equal(test_io_wait(&d, 1), 0);
     assert_int_equal(d.status, BDEV_STATUS_ALLOCATED | BDEV_STATUS_ZERO);
     assert_int_equal(d.pnum, 64 << 10);
     memset(&d, 0, sizeof(d));
-    assert_int_equal(bdev_block_status(bs, 64 << 10, 3 << 20, st_cb, &d), 0);
-    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(
+        bdev_block_status(bs, 64 << 10, 3 << 20, test_io_status_cb, &d), 0);
+    assert_int_equal(test_io_wait(&d, 1), 0);
     assert_int_equal(d.status, 0);
     assert_int_equal(d.pnum, (768 - 64) << 10);
     memset(&d, 0, sizeof(d));
-    assert_int_equal(
-        bdev_is_allocated_above(bs, NULL, 64 << 10, 1 << 20, st_cb, &d), 0);
-    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(bdev_is_allocated_above(bs, NULL, 64 << 10, 1 << 20,
+                                             test_io_status_cb, &d),
+                     0);
+    assert_int_equal(test_io_wait(&d, 1), 0);
     assert_int_equal(d.status, BDEV_STATUS_ALLOCATED);
     close_img(bs);
 
@@ -374,13 +269,13 @@ static void test_compressed(void **state)
     struct bdev *bs;
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("qemu-img create -q -f raw '%s' 1M && "
-                        "qemu-io -f raw -c 'write -q -P 0x77 0 300k' "
-                        "-c 'write -q -P 0x88 512k 100k' '%s' && "
-                        "qemu-img convert -c -O qcow2 '%s' '%s'",
-                        path("c.raw"), path("c.raw"), path("c.raw"),
-                        path("c.qcow2")),
+    SCRATCH_NEED();
+    assert_int_equal(scratch_sh("qemu-img create -q -f raw '%s' 1M && "
+                                "qemu-io -f raw -c 'write -q -P 0x77 0 300k' "
+                                "-c 'write -q -P 0x88 512k 100k' '%s' && "
+                                "qemu-img convert -c -O qcow2 '%s' '%s'",
+                                scratch_path("c.raw"), scratch_path("c.raw"),
+                                scratch_path("c.raw"), scratch_path("c.qcow2")),
                      0);
     bs = open_img("c.qcow2", false, true);
     expect_pattern(bs, 0, 300 << 10, 0x77);
@@ -391,7 +286,7 @@ static void test_compressed(void **state)
     expect_pattern(bs, 0, 8192, 0x77);
     expect_pattern(bs, 8192, 4096, 0x99);
     expect_pattern(bs, 12288, (300 << 10) - 12288, 0x77);
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     close_img(bs);
     assert_int_equal(qemu_io_read("c.qcow2", 8192, 4096, 0x99), 0);
     assert_int_equal(qemu_io_read("c.qcow2", 12288, 53248, 0x77), 0);
@@ -423,14 +318,15 @@ static void test_write_and_check(void **state)
     uint8_t *bufs[64];
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 64M && "
-                        "qemu-io -f qcow2 -c 'write -q -P 0x44 0 2M' '%s' && "
-                        "qemu-img create -q -f qcow2 -b wbase.qcow2 -F qcow2 "
-                        "'%s'",
-                        path("wbase.qcow2"), path("wbase.qcow2"),
-                        path("w.qcow2")),
-                     0);
+    SCRATCH_NEED();
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 '%s' 64M && "
+                   "qemu-io -f qcow2 -c 'write -q -P 0x44 0 2M' '%s' && "
+                   "qemu-img create -q -f qcow2 -b wbase.qcow2 -F qcow2 "
+                   "'%s'",
+                   scratch_path("wbase.qcow2"), scratch_path("wbase.qcow2"),
+                   scratch_path("w.qcow2")),
+        0);
     bs = open_img("w.qcow2", false, true);
     /* Whole clusters, a partial write on top of the backing (COW head and
      * tail), a write crossing cluster and L2 boundaries. */
@@ -450,7 +346,7 @@ static void test_write_and_check(void **state)
                          0);
     }
     while (m.left) {
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(bdev_loop(), UV_RUN_ONCE);
     }
     assert_int_equal(m.err, 0);
     for (int i = 0; i < 64; i++) {
@@ -460,7 +356,7 @@ static void test_write_and_check(void **state)
                          0);
     }
     while (m.left) {
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(bdev_loop(), UV_RUN_ONCE);
     }
     assert_int_equal(m.err, 0);
     for (int i = 0; i < 64; i++) {
@@ -479,9 +375,10 @@ static void test_write_and_check(void **state)
                        (uint8_t)(0x40 + (i % 16)));
     }
     /* Zeroes: whole clusters become zero clusters, partial ones written. */
-    assert_int_equal(do_zero(bs, 0, 64 << 10), 0);
-    assert_int_equal(do_zero(bs, 256 << 10, 128 << 10), 0); /* over backing */
-    assert_int_equal(do_zero(bs, (40ull << 20) + 512, 1024), 0);
+    assert_int_equal(test_io_zero(bs, 0, 64 << 10), 0);
+    assert_int_equal(test_io_zero(bs, 256 << 10, 128 << 10),
+                     0); /* over backing */
+    assert_int_equal(test_io_zero(bs, (40ull << 20) + 512, 1024), 0);
     expect_pattern(bs, 0, 64 << 10, 0);
     expect_pattern(bs, 256 << 10, 128 << 10, 0);
     expect_pattern(bs, 384 << 10, 64 << 10, 0x44);
@@ -492,7 +389,7 @@ static void test_write_and_check(void **state)
     expect_pattern(bs, 0, 4096, 0);
     expect_pattern(bs, 4096, 4096, 0x05);
     expect_pattern(bs, 8192, (64 << 10) - 8192, 0);
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     close_img(bs);
 
     assert_int_equal(img_check("w.qcow2"), 0);
@@ -538,12 +435,13 @@ static void test_random_stress(void **state)
     FILE *f;
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     assert_non_null(model);
-    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
-                        "'%s' 48M",
-                        path("rnd.qcow2")),
-                     0);
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
+                   "'%s' 48M",
+                   scratch_path("rnd.qcow2")),
+        0);
     bs = open_img_err("rnd.qcow2", false, true, "\"l2-cache-size\": 16384",
                       &err);
     assert_non_null(bs);
@@ -586,31 +484,32 @@ static void test_random_stress(void **state)
             }
         }
         while (m.left) {
-            uv_run(&loop, UV_RUN_ONCE);
+            uv_run(bdev_loop(), UV_RUN_ONCE);
         }
         assert_int_equal(m.err, 0);
         if (round % 7 == 3) {
-            assert_int_equal(do_flush(bs), 0);
+            assert_int_equal(test_io_flush(bs), 0);
         }
     }
     {
         uint8_t *buf = bdev_buf_alloc(1 << 20);
 
         for (uint64_t off = 0; off < size; off += 1 << 20) {
-            assert_int_equal(do_read(bs, off, 1 << 20, buf), 0);
+            assert_int_equal(test_io_read(bs, off, 1 << 20, buf), 0);
             assert_memory_equal(buf, model + off, 1 << 20);
         }
         bdev_buf_free(buf);
     }
     close_img(bs);
-    f = fopen(path("rnd.raw"), "wb");
+    f = fopen(scratch_path("rnd.raw"), "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(model, 1, size, f), size);
     fclose(f);
     free(model);
     assert_int_equal(img_check("rnd.qcow2"), 0);
-    assert_int_equal(sh("qemu-img compare -q -f qcow2 -F raw '%s' '%s'",
-                        path("rnd.qcow2"), path("rnd.raw")),
+    assert_int_equal(scratch_sh("qemu-img compare -q -f qcow2 -F raw '%s' '%s'",
+                                scratch_path("rnd.qcow2"),
+                                scratch_path("rnd.raw")),
                      0);
 }
 
@@ -627,19 +526,21 @@ static void test_crash_points(void **state)
     int copies = 0;
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
-                        "'%s' 64M",
-                        path("crash.qcow2")),
-                     0);
+    SCRATCH_NEED();
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 -o cluster_size=4096 "
+                   "'%s' 64M",
+                   scratch_path("crash.qcow2")),
+        0);
     bs = open_img_err("crash.qcow2", false, false, "\"l2-cache-size\": 4096",
                       &err);
     assert_non_null(bs);
     memset(buf, 0x70, 64 << 10);
     for (int i = 0; i < 32; i++) {
-        assert_int_equal(do_write(bs, (uint64_t)i << 21, 64 << 10, buf), 0);
+        assert_int_equal(test_io_write(bs, (uint64_t)i << 21, 64 << 10, buf),
+                         0);
     }
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     memset(buf, 0x71, 64 << 10);
     for (int i = 0; i < 256; i++) {
         m.left++;
@@ -652,13 +553,15 @@ static void test_crash_points(void **state)
         }
     }
     while (m.left) {
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(bdev_loop(), UV_RUN_ONCE);
         if (m.left % 40 == 0 && copies < 5) {
             char name[32];
 
             snprintf(name, sizeof(name), "crash%d.qcow2", copies++);
-            assert_int_equal(
-                sh("cp '%s' '%s'", path("crash.qcow2"), path(name)), 0);
+            assert_int_equal(scratch_sh("cp '%s' '%s'",
+                                        scratch_path("crash.qcow2"),
+                                        scratch_path(name)),
+                             0);
         }
     }
     assert_int_equal(m.err, 0);
@@ -689,11 +592,12 @@ static void test_refcount_growth(void **state)
     struct bdev *bs;
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("qemu-img create -q -f qcow2 -o cluster_size=512 "
-                        "'%s' 16M",
-                        path("small.qcow2")),
-                     0);
+    SCRATCH_NEED();
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 -o cluster_size=512 "
+                   "'%s' 16M",
+                   scratch_path("small.qcow2")),
+        0);
     bs = open_img("small.qcow2", false, false);
     for (int i = 0; i < 12; i++) {
         write_pattern(bs, (uint64_t)i << 20, 1 << 20, (uint8_t)(0x60 + i));
@@ -701,7 +605,7 @@ static void test_refcount_growth(void **state)
     for (int i = 0; i < 12; i++) {
         expect_pattern(bs, (uint64_t)i << 20, 1 << 20, (uint8_t)(0x60 + i));
     }
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     close_img(bs);
     assert_int_equal(img_check("small.qcow2"), 0);
     assert_int_equal(qemu_io_read("small.qcow2", 11 << 20, 1 << 20, 0x6b), 0);
@@ -711,28 +615,30 @@ static void test_refcount_growth(void **state)
 static void test_change_backing(void **state)
 {
     struct bdev *bs;
-    struct done d = {0};
+    struct test_io_done d = {0};
 
     (void)state;
-    NEED_QEMU();
-    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 1M && "
-                        "qemu-img create -q -f raw '%s' 1M && "
-                        "qemu-img create -q -f qcow2 -b cb_base.qcow2 -F qcow2 "
-                        "'%s'",
-                        path("cb_base.qcow2"), path("cb_other.raw"),
-                        path("cb.qcow2")),
-                     0);
+    SCRATCH_NEED();
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 '%s' 1M && "
+                   "qemu-img create -q -f raw '%s' 1M && "
+                   "qemu-img create -q -f qcow2 -b cb_base.qcow2 -F qcow2 "
+                   "'%s'",
+                   scratch_path("cb_base.qcow2"), scratch_path("cb_other.raw"),
+                   scratch_path("cb.qcow2")),
+        0);
     bs = open_img("cb.qcow2", false, false);
     write_pattern(bs, 0, 4096, 0x21);
     assert_int_equal(
-        bs->drv->change_backing(bs, "cb_other.raw", "raw", io_cb, &d), 0);
-    assert_false(d.done);
-    assert_int_equal(wait_done(&d), 0);
+        bs->drv->change_backing(bs, "cb_other.raw", "raw", test_io_cb, &d), 0);
+    assert_int_equal(d.calls, 0);
+    assert_int_equal(test_io_wait(&d, 1), 0);
     close_img(bs);
-    assert_int_equal(sh("qemu-img info '%s' | grep -q 'backing file: "
-                        "cb_other.raw' && qemu-img info '%s' | grep -q "
-                        "'backing file format: raw'",
-                        path("cb.qcow2"), path("cb.qcow2")),
+    assert_int_equal(scratch_sh("qemu-img info '%s' | grep -q 'backing file: "
+                                "cb_other.raw' && qemu-img info '%s' | grep -q "
+                                "'backing file format: raw'",
+                                scratch_path("cb.qcow2"),
+                                scratch_path("cb.qcow2")),
                      0);
     assert_int_equal(img_check("cb.qcow2"), 0);
     assert_int_equal(qemu_io_read("cb.qcow2", 0, 4096, 0x21), 0);
@@ -740,11 +646,13 @@ static void test_change_backing(void **state)
     /* And away again. */
     bs = open_img("cb.qcow2", false, false);
     memset(&d, 0, sizeof(d));
-    assert_int_equal(bs->drv->change_backing(bs, NULL, NULL, io_cb, &d), 0);
-    assert_int_equal(wait_done(&d), 0);
+    assert_int_equal(bs->drv->change_backing(bs, NULL, NULL, test_io_cb, &d),
+                     0);
+    assert_int_equal(test_io_wait(&d, 1), 0);
     close_img(bs);
-    assert_int_equal(
-        sh("qemu-img info '%s' | grep -q 'backing file'", path("cb.qcow2")), 1);
+    assert_int_equal(scratch_sh("qemu-img info '%s' | grep -q 'backing file'",
+                                scratch_path("cb.qcow2")),
+                     1);
     assert_int_equal(img_check("cb.qcow2"), 0);
 }
 
@@ -752,7 +660,7 @@ static void test_change_backing(void **state)
 
 static void patch(const char *name, uint64_t off, const void *bytes, size_t n)
 {
-    FILE *f = fopen(path(name), "r+b");
+    FILE *f = fopen(scratch_path(name), "r+b");
 
     assert_non_null(f);
     assert_int_equal(fseek(f, (long)off, SEEK_SET), 0);
@@ -778,10 +686,11 @@ static void expect_open_error(const char *name, const char *text)
 
 static void make_bad(void)
 {
-    assert_int_equal(sh("qemu-img create -q -f qcow2 '%s' 1M && "
-                        "qemu-io -f qcow2 -c 'write -q -P 0x11 0 64k' '%s'",
-                        path("bad.qcow2"), path("bad.qcow2")),
-                     0);
+    assert_int_equal(
+        scratch_sh("qemu-img create -q -f qcow2 '%s' 1M && "
+                   "qemu-io -f qcow2 -c 'write -q -P 0x11 0 64k' '%s'",
+                   scratch_path("bad.qcow2"), scratch_path("bad.qcow2")),
+        0);
 }
 
 static void test_malformed(void **state)
@@ -791,18 +700,19 @@ static void test_malformed(void **state)
     uint8_t *buf;
 
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     /* Not qcow2 at all. */
-    assert_int_equal(sh("qemu-img create -q -f raw '%s' 1M", path("bad.qcow2")),
+    assert_int_equal(scratch_sh("qemu-img create -q -f raw '%s' 1M",
+                                scratch_path("bad.qcow2")),
                      0);
     expect_open_error("bad.qcow2", "Image is not in qcow2 format");
 
     /* Truncated to 100 bytes, then to two clusters (tables past EOF). */
     make_bad();
-    assert_int_equal(truncate(path("bad.qcow2"), 100), 0);
+    assert_int_equal(truncate(scratch_path("bad.qcow2"), 100), 0);
     expect_open_error("bad.qcow2", "qcow2 header is truncated");
     make_bad();
-    assert_int_equal(truncate(path("bad.qcow2"), 2 * 65536), 0);
+    assert_int_equal(truncate(scratch_path("bad.qcow2"), 2 * 65536), 0);
     expect_open_error("bad.qcow2", "Invalid L1 table offset");
 
     /* Huge l1_size and virtual size. */
@@ -853,7 +763,7 @@ static void test_malformed(void **state)
     patch("bad.qcow2", 3 * 65536, be, 8);
     bs = open_img("bad.qcow2", true, false);
     buf = bdev_buf_alloc(65536);
-    assert_int_equal(do_read(bs, 0, 65536, buf), -EIO);
+    assert_int_equal(test_io_read(bs, 0, 65536, buf), -EIO);
     close_img(bs);
 
     /* Data cluster offset past EOF (L2 table is cluster 4). */
@@ -861,7 +771,7 @@ static void test_malformed(void **state)
     qcow2_put_be64(be, QCOW2_OFLAG_COPIED | (1ull << 36));
     patch("bad.qcow2", 4 * 65536, be, 8);
     bs = open_img("bad.qcow2", true, false);
-    assert_int_equal(do_read(bs, 0, 65536, buf), -EIO);
+    assert_int_equal(test_io_read(bs, 0, 65536, buf), -EIO);
     close_img(bs);
 
     /* Refcount block pointer past EOF: reads work, allocation fails. */
@@ -871,7 +781,7 @@ static void test_malformed(void **state)
     bs = open_img("bad.qcow2", false, false);
     expect_pattern(bs, 0, 4096, 0x11);
     memset(buf, 0x12, 65536);
-    assert_int_equal(do_write(bs, 128 << 10, 65536, buf), -EIO);
+    assert_int_equal(test_io_write(bs, 128 << 10, 65536, buf), -EIO);
     close_img(bs);
 
     /* Every refcount at its maximum: allocation finds no free cluster in
@@ -885,7 +795,7 @@ static void test_malformed(void **state)
         free(rb);
     }
     bs = open_img("bad.qcow2", false, false);
-    assert_int_equal(do_write(bs, 128 << 10, 65536, buf), 0);
+    assert_int_equal(test_io_write(bs, 128 << 10, 65536, buf), 0);
     expect_pattern(bs, 128 << 10, 65536, 0x12);
     close_img(bs);
     bdev_buf_free(buf);
@@ -917,16 +827,19 @@ static void dirty_case(const char *create_opts, const char *setup,
     int check_before;
 
     assert_int_equal(
-        sh("rm -f '%s' && qemu-img create -q -f qcow2 -o lazy_refcounts=on%s "
-           "'%s' 8M",
-           path("dirty.qcow2"), create_opts, path("dirty.qcow2")),
+        scratch_sh(
+            "rm -f '%s' && qemu-img create -q -f qcow2 -o lazy_refcounts=on%s "
+            "'%s' 8M",
+            scratch_path("dirty.qcow2"), create_opts,
+            scratch_path("dirty.qcow2")),
         0);
     if (setup) {
-        assert_int_equal(sh("IMG='%s'; %s", path("dirty.qcow2"), setup), 0);
+        assert_int_equal(
+            scratch_sh("IMG='%s'; %s", scratch_path("dirty.qcow2"), setup), 0);
     }
     /* qemu-io exits through abort(): ignore its status. */
-    sh("qemu-io -f qcow2 %s -c abort '%s' >/dev/null 2>&1", lazy_io,
-       path("dirty.qcow2"));
+    scratch_sh("qemu-io -f qcow2 %s -c abort '%s' >/dev/null 2>&1", lazy_io,
+               scratch_path("dirty.qcow2"));
     /* Usually corruptions (2); compressed writes flush refcounts as they
      * go, so that image may check clean - but its dirty bit is set. */
     check_before = img_check("dirty.qcow2");
@@ -946,10 +859,10 @@ static void dirty_case(const char *create_opts, const char *setup,
     /* New allocations must not land on clusters in use. */
     memset(buf, 0x7c, 65536);
     for (uint64_t off = 4 << 20; off < (6 << 20); off += 65536) {
-        assert_int_equal(do_write(bs, off, 65536, buf), 0);
+        assert_int_equal(test_io_write(bs, off, 65536, buf), 0);
     }
-    assert_int_equal(do_write(bs, 64 << 10, 65536, buf), 0);
-    assert_int_equal(do_flush(bs), 0);
+    assert_int_equal(test_io_write(bs, 64 << 10, 65536, buf), 0);
+    assert_int_equal(test_io_flush(bs), 0);
     expect_pattern(bs, 0, 64 << 10, 0x5a);
     expect_pattern(bs, 3 << 20, 128 << 10, 0x6b);
     close_img(bs);
@@ -967,7 +880,7 @@ static void dirty_case(const char *create_opts, const char *setup,
 static void test_dirty_repair(void **state)
 {
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     const char *io = "-c 'write -q -P 0x5a 0 1M' -c 'write -q -P 0x6b 3M 128k'";
 
     dirty_case("", NULL, io);
@@ -983,7 +896,7 @@ static void test_dirty_repair(void **state)
 static void test_dirty_repair_snapshot(void **state)
 {
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     dirty_case("",
                "qemu-io -f qcow2 -c 'write -q -P 0x5a 0 1M' \"$IMG\" && "
                "qemu-img snapshot -c s1 \"$IMG\"",
@@ -994,7 +907,7 @@ static void test_dirty_repair_snapshot(void **state)
 static void test_dirty_repair_compressed(void **state)
 {
     (void)state;
-    NEED_QEMU();
+    SCRATCH_NEED();
     dirty_case("", NULL,
                "-c 'write -q -c -P 0x5a 0 1M' "
                "-c 'write -q -P 0x6b 3M 128k'");
