@@ -17,42 +17,9 @@
 #include "backends/aio.h"
 #include "backends/bdev_int.h"
 #include "protocol/json.h"
-
-static uv_loop_t loop;
+#include "tests/fakes/test_io.h"
 
 /* ---- helpers ------------------------------------------------------------ */
-
-struct done {
-    int calls;
-    int ret;
-    unsigned status;
-    uint64_t pnum;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    d->calls++;
-    d->ret = ret;
-}
-
-static void status_cb(void *opaque, int ret, unsigned status, uint64_t pnum)
-{
-    struct done *d = opaque;
-
-    d->calls++;
-    d->ret = ret;
-    d->status = status;
-    d->pnum = pnum;
-}
-
-static void wait_calls(struct done *d, int n)
-{
-    while (d->calls < n) {
-        uv_run(&loop, UV_RUN_ONCE);
-    }
-}
 
 static struct bdev *open_json(const char *text, struct qmp_error *err)
 {
@@ -119,27 +86,11 @@ static void drop(struct bdev *bs)
     bdev_unref(bs);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    uv_loop_init(&loop);
-    bdev_init(&loop);
-    return 0;
-}
-
-/* Each test leaves no node behind, even when it failed half-way. */
-static int per_test_teardown(void **state)
-{
-    (void)state;
-    bdev_close_all();
-    return 0;
-}
-
 static int teardown(void **state)
 {
     (void)state;
     bdev_close_all();
-    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
     assert_null(bdev_all_nodes());
     return 0;
 }
@@ -220,29 +171,30 @@ static void test_null(void **state)
                                "'size': 65536}");
     struct bdev *z = must_open("{'driver': 'null-co', 'node-name': 'z', "
                                "'read-zeroes': true}");
-    struct done d = {0};
+    struct test_io_done d = {0};
     char buf[4096];
 
     (void)state;
     assert_int_equal(bdev_length(n), 65536);
     assert_int_equal(bdev_length(z), 1073741824);
     memset(buf, 0xaa, sizeof(buf));
-    assert_int_equal(bdev_read(n, 0, sizeof(buf), buf, done_cb, &d), 0);
+    assert_int_equal(bdev_read(n, 0, sizeof(buf), buf, test_io_cb, &d), 0);
     assert_int_equal(d.calls, 0); /* never inside the call */
-    wait_calls(&d, 1);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     assert_int_equal((unsigned char)buf[100], 0xaa); /* left alone */
-    assert_int_equal(bdev_read(z, 0, sizeof(buf), buf, done_cb, &d), 0);
-    wait_calls(&d, 2);
+    assert_int_equal(bdev_read(z, 0, sizeof(buf), buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 2);
     assert_int_equal(buf[100], 0);
 
     /* Range checks: writes past the end fail, reads past it see zeroes. */
-    assert_int_equal(bdev_write(n, 65536 - 512, 1024, buf, done_cb, &d), -EIO);
+    assert_int_equal(bdev_write(n, 65536 - 512, 1024, buf, test_io_cb, &d),
+                     -EIO);
     memset(buf, 0xaa, sizeof(buf));
-    assert_int_equal(bdev_read(n, 65536 - 512, 1024, buf, done_cb, &d), 0);
-    wait_calls(&d, 3);
+    assert_int_equal(bdev_read(n, 65536 - 512, 1024, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 3);
     assert_int_equal(buf[600], 0);
-    assert_int_equal(bdev_read(n, UINT64_MAX - 10, 100, buf, done_cb, &d),
+    assert_int_equal(bdev_read(n, UINT64_MAX - 10, 100, buf, test_io_cb, &d),
                      -EINVAL);
 
     expect_open_error("{'driver': 'null-co', 'node-name': 'q', 'size': -5}",
@@ -255,13 +207,13 @@ static void test_null_latency(void **state)
 {
     struct bdev *n = must_open("{'driver': 'null-co', 'node-name': 'n', "
                                "'latency-ns': 2000000}");
-    struct done d = {0};
+    struct test_io_done d = {0};
     char buf[512];
     uint64_t t0 = uv_hrtime();
 
     (void)state;
-    assert_int_equal(bdev_write(n, 0, sizeof(buf), buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_write(n, 0, sizeof(buf), buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_true(uv_hrtime() - t0 >= 1000000);
     drop(n);
 }
@@ -274,7 +226,7 @@ static void file_roundtrip(const char *dir, bool no_direct, bool expect_native)
     char *path = make_file(dir, 4 << 20, 0);
     struct aio_stats before, after;
     struct bdev *f;
-    struct done d = {0};
+    struct test_io_done d = {0};
     uint8_t *bufs[N];
     uint8_t *rd = bdev_buf_alloc(SZ);
 
@@ -288,10 +240,10 @@ static void file_roundtrip(const char *dir, bool no_direct, bool expect_native)
         bufs[i] = bdev_buf_alloc(SZ);
         memset(bufs[i], i + 1, SZ);
         assert_int_equal(
-            bdev_write(f, (uint64_t)i * SZ, SZ, bufs[i], done_cb, &d), 0);
+            bdev_write(f, (uint64_t)i * SZ, SZ, bufs[i], test_io_cb, &d), 0);
     }
     assert_true(f->in_flight > 1); /* many requests in flight at once */
-    wait_calls(&d, N);
+    test_io_wait(&d, N);
     assert_int_equal(d.ret, 0);
     aio_get_stats(&after);
     if (expect_native) {
@@ -301,16 +253,16 @@ static void file_roundtrip(const char *dir, bool no_direct, bool expect_native)
         assert_true(after.pool_submitted - before.pool_submitted >= N);
     }
     for (int i = 0; i < N; i++) {
-        assert_int_equal(bdev_read(f, (uint64_t)i * SZ, SZ, rd, done_cb, &d),
+        assert_int_equal(bdev_read(f, (uint64_t)i * SZ, SZ, rd, test_io_cb, &d),
                          0);
-        wait_calls(&d, N + i + 1);
+        test_io_wait(&d, N + i + 1);
         assert_int_equal(d.ret, 0);
         assert_memory_equal(rd, bufs[i], SZ);
         bdev_buf_free(bufs[i]);
     }
     /* flush goes through the pool */
-    assert_int_equal(bdev_flush(f, done_cb, &d), 0);
-    wait_calls(&d, 2 * N + 1);
+    assert_int_equal(bdev_flush(f, test_io_cb, &d), 0);
+    test_io_wait(&d, 2 * N + 1);
     assert_int_equal(d.ret, 0);
     drop(f);
     bdev_buf_free(rd);
@@ -338,18 +290,18 @@ static void test_file_unaligned(void **state)
     struct bdev *f = must_open("{'driver': 'file', 'node-name': 'f', "
                                "'filename': '%s'}",
                                path);
-    struct done d = {0};
+    struct test_io_done d = {0};
     char *buf = malloc(10001), exp[10001];
     int fd;
 
     (void)state;
     memset(buf, 0x5c, 10001);
-    assert_int_equal(bdev_write(f, 777, 10001, buf + 0, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_write(f, 777, 10001, buf + 0, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     memset(buf, 0, 10001);
-    assert_int_equal(bdev_read(f, 700, 10001, buf, done_cb, &d), 0);
-    wait_calls(&d, 2);
+    assert_int_equal(bdev_read(f, 700, 10001, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 2);
     fd = open(path, O_RDONLY);
     assert_int_equal(pread(fd, exp, 10001, 700), 10001);
     close(fd);
@@ -373,7 +325,7 @@ static void test_file_grow(void **state)
     struct bdev *f = must_open("{'driver': 'file', 'node-name': 'f', "
                                "'filename': '%s'}",
                                path);
-    struct done d = {0};
+    struct test_io_done d = {0};
     uint8_t *buf = bdev_buf_alloc(65536);
     struct stat sb;
     int n = 0;
@@ -383,16 +335,16 @@ static void test_file_grow(void **state)
     for (int i = 1; i <= 40; i++) {
         memset(buf, i, 65536);
         assert_int_equal(
-            bdev_write(f, (uint64_t)i * 65536, 65536, buf, done_cb, &d), 0);
+            bdev_write(f, (uint64_t)i * 65536, 65536, buf, test_io_cb, &d), 0);
         n++;
-        wait_calls(&d, n);
+        test_io_wait(&d, n);
         assert_int_equal(d.ret, 0);
     }
     assert_int_equal(bdev_length(f), 41 * 65536);
     stat(path, &sb);
     assert_true(sb.st_size > 41 * 65536); /* the preallocated tail */
-    assert_int_equal(bdev_read(f, 20 * 65536, 65536, buf, done_cb, &d), 0);
-    wait_calls(&d, ++n);
+    assert_int_equal(bdev_read(f, 20 * 65536, 65536, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, ++n);
     assert_int_equal(buf[0], 20);
     assert_int_equal(buf[65535], 20);
     drop(f);
@@ -432,17 +384,17 @@ static void test_raw(void **state)
                                "4096, 'size': 8192, 'file': {'driver': "
                                "'file', 'filename': '%s'}}",
                                path);
-    struct done d = {0};
+    struct test_io_done d = {0};
     uint8_t *buf = bdev_buf_alloc(8192);
 
     (void)state;
     assert_int_equal(bdev_length(r), 8192);
     assert_string_equal(bdev_filename(r), path);
-    assert_int_equal(bdev_read(r, 0, 8192, buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_read(r, 0, 8192, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(buf[0], 8);     /* byte 4096 of the file: sector 8 */
     assert_int_equal(buf[8191], 23); /* byte 12287: sector 23 */
-    assert_int_equal(bdev_write(r, 4096, 8192, buf, done_cb, &d), -EIO);
+    assert_int_equal(bdev_write(r, 4096, 8192, buf, test_io_cb, &d), -EIO);
     drop(r);
     expect_open_error("{'driver': 'raw', 'node-name': 'r', 'offset': 65536, "
                       "'size': 1, 'file': {'driver': 'null-co', 'size': "
@@ -467,24 +419,24 @@ static void test_blkdebug_recipe(void **state)
         "'set-state': [{'state': 1, 'event': 'read_aio', 'new_state': 2}, "
         "{'state': 2, 'event': 'read_aio', 'new_state': 1}], 'image': "
         "{'driver': 'null-co', 'size': 2097152, 'read-zeroes': true}}}");
-    struct done d = {0};
+    struct test_io_done d = {0};
     uint8_t *buf = bdev_buf_alloc(524288);
 
     (void)state;
     assert_memory_equal(bdev_filename(b), "json:{\"driver\": \"raw\"", 21);
     /* First read_aio (state 1) arms the rule; it does not cover 512 KiB. */
-    assert_int_equal(bdev_read(b, 0, 524288, buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_read(b, 0, 524288, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     /* State is 2 now: the event matches no inject rule, the armed rule
      * stays active and fires on the request covering sector 1024. */
-    assert_int_equal(bdev_read(b, 524288, 524288, buf, done_cb, &d), 0);
+    assert_int_equal(bdev_read(b, 524288, 524288, buf, test_io_cb, &d), 0);
     assert_int_equal(d.calls, 1); /* one trip through the loop first */
-    wait_calls(&d, 2);
+    test_io_wait(&d, 2);
     assert_int_equal(d.ret, -EIO);
     /* once: gone */
-    assert_int_equal(bdev_read(b, 524288, 524288, buf, done_cb, &d), 0);
-    wait_calls(&d, 3);
+    assert_int_equal(bdev_read(b, 524288, 524288, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 3);
     assert_int_equal(d.ret, 0);
     drop(b);
     bdev_buf_free(buf);
@@ -498,24 +450,24 @@ static void test_blkdebug_rules(void **state)
         "'write'}, {'event': 'read_aio', 'immediately': true, 'iotype': "
         "'read', 'sector': 0}], 'image': {'driver': 'null-co', 'size': "
         "1048576}}}");
-    struct done d = {0};
+    struct test_io_done d = {0};
     char buf[4096];
 
     (void)state;
     /* Nothing armed yet: reads and writes pass. */
-    assert_int_equal(bdev_write(b, 0, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_write(b, 0, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, -ENOSPC); /* write_aio armed it first */
-    assert_int_equal(bdev_read(b, 8192, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 2);
+    assert_int_equal(bdev_read(b, 8192, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 2);
     assert_int_equal(d.ret, 0); /* read rule wants sector 0 */
     /* immediately: fails in the call, no callback */
-    assert_int_equal(bdev_read(b, 0, 4096, buf, done_cb, &d), -EIO);
-    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(bdev_read(b, 0, 4096, buf, test_io_cb, &d), -EIO);
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
     assert_int_equal(d.calls, 2);
     /* the write event arms the write rule again */
-    assert_int_equal(bdev_write(b, 0, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 3);
+    assert_int_equal(bdev_write(b, 0, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 3);
     assert_int_equal(d.ret, -ENOSPC);
     drop(b);
 }
@@ -599,11 +551,12 @@ static void link_backing(struct bdev *top, struct bdev *b)
 static void check_above(struct bdev *top, struct bdev *bottom, uint64_t off,
                         uint64_t bytes, unsigned st, uint64_t pnum)
 {
-    struct done d = {0};
+    struct test_io_done d = {0};
 
     assert_int_equal(
-        bdev_is_allocated_above(top, bottom, off, bytes, status_cb, &d), 0);
-    wait_calls(&d, 1);
+        bdev_is_allocated_above(top, bottom, off, bytes, test_io_status_cb, &d),
+        0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     assert_int_equal(d.status, st);
     assert_int_equal(d.pnum, pnum);
@@ -649,7 +602,7 @@ static void test_filter(void **state)
                                "'file': 'p'}");
     struct qmp_error err = QMP_ERROR_INIT;
     uint8_t *buf = bdev_buf_alloc(4096);
-    struct done d = {0};
+    struct test_io_done d = {0};
     struct bdev *f;
     char *name;
 
@@ -683,18 +636,18 @@ static void test_filter(void **state)
     assert_string_equal(name, path);
     free(name);
     /* Real I/O through it, directly and from the parent. */
-    assert_int_equal(bdev_read(f, 4096, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_read(f, 4096, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     assert_int_equal(buf[0], 8);
-    assert_int_equal(bdev_read(r, 8192, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 2);
+    assert_int_equal(bdev_read(r, 8192, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 2);
     assert_int_equal(buf[4095], 23);
-    assert_int_equal(bdev_write(f, 0, 4096, buf, done_cb, &d), 0);
-    wait_calls(&d, 3);
+    assert_int_equal(bdev_write(f, 0, 4096, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 3);
     assert_int_equal(d.ret, 0);
-    assert_int_equal(bdev_block_status(f, 0, 65536, status_cb, &d), 0);
-    wait_calls(&d, 4);
+    assert_int_equal(bdev_block_status(f, 0, 65536, test_io_status_cb, &d), 0);
+    test_io_wait(&d, 4);
     assert_int_equal(d.ret, 0);
     assert_true(d.status & BDEV_STATUS_DATA);
     bdev_remove_filter(f);
@@ -731,19 +684,19 @@ static void test_drain(void **state)
     struct bdev *r = must_open("{'driver': 'raw', 'node-name': 'r', 'file': "
                                "{'driver': 'null-co', 'latency-ns': "
                                "1000000}}");
-    struct done io = {0}, dr = {0};
+    struct test_io_done io = {0}, dr = {0};
     char buf[512];
 
     (void)state;
-    assert_int_equal(bdev_read(r, 0, 512, buf, done_cb, &io), 0);
-    assert_int_equal(bdev_read(r, 512, 512, buf, done_cb, &io), 0);
-    assert_int_equal(bdev_drain(r, done_cb, &dr), 0);
-    wait_calls(&dr, 1);
+    assert_int_equal(bdev_read(r, 0, 512, buf, test_io_cb, &io), 0);
+    assert_int_equal(bdev_read(r, 512, 512, buf, test_io_cb, &io), 0);
+    assert_int_equal(bdev_drain(r, test_io_cb, &dr), 0);
+    test_io_wait(&dr, 1);
     assert_int_equal(io.calls, 2); /* both finished before drain returned */
     /* idle node: the drain callback still comes later, not inside */
-    assert_int_equal(bdev_drain(r, done_cb, &dr), 0);
+    assert_int_equal(bdev_drain(r, test_io_cb, &dr), 0);
     assert_int_equal(dr.calls, 1);
-    wait_calls(&dr, 2);
+    test_io_wait(&dr, 2);
     drop(r);
 }
 
@@ -862,23 +815,23 @@ static void test_locks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_names, per_test_teardown),
-        cmocka_unit_test_teardown(test_claims_refs, per_test_teardown),
-        cmocka_unit_test_teardown(test_null, per_test_teardown),
-        cmocka_unit_test_teardown(test_null_latency, per_test_teardown),
-        cmocka_unit_test_teardown(test_file_native, per_test_teardown),
-        cmocka_unit_test_teardown(test_file_pool, per_test_teardown),
-        cmocka_unit_test_teardown(test_file_unaligned, per_test_teardown),
-        cmocka_unit_test_teardown(test_file_grow, per_test_teardown),
-        cmocka_unit_test_teardown(test_file_errors, per_test_teardown),
-        cmocka_unit_test_teardown(test_raw, per_test_teardown),
-        cmocka_unit_test_teardown(test_blkdebug_recipe, per_test_teardown),
-        cmocka_unit_test_teardown(test_blkdebug_rules, per_test_teardown),
-        cmocka_unit_test_teardown(test_allocated_above, per_test_teardown),
-        cmocka_unit_test_teardown(test_filter, per_test_teardown),
-        cmocka_unit_test_teardown(test_drain, per_test_teardown),
-        cmocka_unit_test_teardown(test_locks, per_test_teardown),
+        cmocka_unit_test_teardown(test_names, test_io_close_all),
+        cmocka_unit_test_teardown(test_claims_refs, test_io_close_all),
+        cmocka_unit_test_teardown(test_null, test_io_close_all),
+        cmocka_unit_test_teardown(test_null_latency, test_io_close_all),
+        cmocka_unit_test_teardown(test_file_native, test_io_close_all),
+        cmocka_unit_test_teardown(test_file_pool, test_io_close_all),
+        cmocka_unit_test_teardown(test_file_unaligned, test_io_close_all),
+        cmocka_unit_test_teardown(test_file_grow, test_io_close_all),
+        cmocka_unit_test_teardown(test_file_errors, test_io_close_all),
+        cmocka_unit_test_teardown(test_raw, test_io_close_all),
+        cmocka_unit_test_teardown(test_blkdebug_recipe, test_io_close_all),
+        cmocka_unit_test_teardown(test_blkdebug_rules, test_io_close_all),
+        cmocka_unit_test_teardown(test_allocated_above, test_io_close_all),
+        cmocka_unit_test_teardown(test_filter, test_io_close_all),
+        cmocka_unit_test_teardown(test_drain, test_io_close_all),
+        cmocka_unit_test_teardown(test_locks, test_io_close_all),
     };
 
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_io_setup, teardown);
 }

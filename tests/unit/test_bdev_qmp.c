@@ -20,11 +20,10 @@
 #include "backends/bdev_int.h"
 #include "protocol/json.h"
 #include "protocol/qmp.h"
+#include "tests/fakes/scratch.h"
+#include "tests/fakes/test_io.h"
 
 #define TMPFS_MAGIC 0x01021994
-
-static uv_loop_t loop;
-static char dir[256];
 
 /* ---- a session whose replies land in a list ------------------------------ */
 
@@ -87,7 +86,7 @@ static json_t *next_reply(struct client *c)
     json_t *r;
 
     while (json_array_size(c->lines) == 0) {
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(bdev_loop(), UV_RUN_ONCE);
     }
     r = json_incref(json_array_get(c->lines, 0));
     json_array_remove(c->lines, 0);
@@ -135,50 +134,6 @@ static json_t *query_node(struct client *c, const char *name)
     return found;
 }
 
-/* ---- I/O helpers -----------------------------------------------------------
- */
-
-struct done {
-    int calls;
-    int ret;
-    unsigned status;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    d->calls++;
-    d->ret = ret;
-}
-
-static void status_cb(void *opaque, int ret, unsigned status, uint64_t pnum)
-{
-    struct done *d = opaque;
-
-    (void)pnum;
-    d->calls++;
-    d->ret = ret;
-    d->status = status;
-}
-
-static void wait_calls(struct done *d, int n)
-{
-    while (d->calls < n) {
-        uv_run(&loop, UV_RUN_ONCE);
-    }
-}
-
-static const char *path(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof(buf[i]), "%s/%s", dir, name);
-    return buf[i];
-}
-
 static bool have_qemu_img(void)
 {
     return system("command -v qemu-img >/dev/null 2>&1") == 0;
@@ -193,7 +148,7 @@ static bool have_qemu_img(void)
 static void test_del_drains(void **state)
 {
     struct client a, b;
-    struct done d = {0};
+    struct test_io_done d = {0};
     struct bdev *bs;
     char buf[4][512];
     json_t *r;
@@ -207,7 +162,7 @@ static void test_del_drains(void **state)
     bs = bdev_find("slow");
     assert_non_null(bs);
     for (int i = 0; i < 4; i++) {
-        assert_int_equal(bdev_read(bs, 0, 512, buf[i], done_cb, &d), 0);
+        assert_int_equal(bdev_read(bs, 0, 512, buf[i], test_io_cb, &d), 0);
     }
     send_cmd(&a, "{'execute': 'blockdev-del', 'arguments': "
                  "{'node-name': 'slow'}, 'id': 1}");
@@ -241,7 +196,7 @@ static void test_del_order(void **state)
     json_t *n;
 
     (void)state;
-    f = fopen(path("o.raw"), "w");
+    f = fopen(scratch_path("o.raw"), "w");
     assert_non_null(f);
     assert_int_equal(ftruncate(fileno(f), 1 << 20), 0);
     fclose(f);
@@ -249,7 +204,7 @@ static void test_del_order(void **state)
     send_cmd(&a,
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'file', "
              "'node-name': 'proto', 'filename': '%s'}}",
-             path("o.raw"));
+             scratch_path("o.raw"));
     expect_ok(&a);
     send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': 'raw', "
                  "'node-name': 'fmt', 'file': 'proto'}}");
@@ -268,7 +223,7 @@ static void test_del_order(void **state)
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'raw', "
              "'node-name': 'fmt2', 'file': {'driver': 'file', "
              "'filename': '%s'}}}",
-             path("o.raw"));
+             scratch_path("o.raw"));
     expect_ok(&a);
     n = query_node(&a, "fmt2");
     assert_non_null(n);
@@ -298,7 +253,7 @@ static void test_del_order(void **state)
 static void test_detect_zeroes(void **state)
 {
     struct client a;
-    struct done d = {0};
+    struct test_io_done d = {0};
     struct bdev *on, *off;
     uint8_t *zero = bdev_buf_alloc(65536), *rd = bdev_buf_alloc(65536);
     uint64_t before;
@@ -317,8 +272,8 @@ static void test_detect_zeroes(void **state)
                  "qemu-img create -q -f qcow2 '%s' 4M && "
                  "qemu-io -f qcow2 -c 'write -q -P 0x77 0 128k' '%s' && "
                  "qemu-io -f qcow2 -c 'write -q -P 0x77 0 128k' '%s'",
-                 path("dz_on.qcow2"), path("dz_off.qcow2"), path("dz_on.qcow2"),
-                 path("dz_off.qcow2"));
+                 scratch_path("dz_on.qcow2"), scratch_path("dz_off.qcow2"),
+                 scratch_path("dz_on.qcow2"), scratch_path("dz_off.qcow2"));
         assert_int_equal(system(cmd), 0);
     }
     client_open(&a);
@@ -326,13 +281,13 @@ static void test_detect_zeroes(void **state)
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'qcow2', "
              "'node-name': 'on', 'detect-zeroes': 'on', 'file': "
              "{'driver': 'file', 'filename': '%s'}}}",
-             path("dz_on.qcow2"));
+             scratch_path("dz_on.qcow2"));
     expect_ok(&a);
     send_cmd(&a,
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'qcow2', "
              "'node-name': 'off', 'file': {'driver': 'file', "
              "'filename': '%s'}}}",
-             path("dz_off.qcow2"));
+             scratch_path("dz_off.qcow2"));
     expect_ok(&a);
     n = query_node(&a, "on");
     assert_string_equal(json_string_value(json_object_get(n, "detect_zeroes")),
@@ -343,49 +298,52 @@ static void test_detect_zeroes(void **state)
 
     before = bdev_detected_zero_writes();
     /* Over data and over a hole. */
-    assert_int_equal(bdev_write(on, 0, 65536, zero, done_cb, &d), 0);
-    assert_int_equal(bdev_write(on, 1 << 20, 65536, zero, done_cb, &d), 0);
-    assert_int_equal(bdev_write(off, 0, 65536, zero, done_cb, &d), 0);
-    wait_calls(&d, 3);
+    assert_int_equal(bdev_write(on, 0, 65536, zero, test_io_cb, &d), 0);
+    assert_int_equal(bdev_write(on, 1 << 20, 65536, zero, test_io_cb, &d), 0);
+    assert_int_equal(bdev_write(off, 0, 65536, zero, test_io_cb, &d), 0);
+    test_io_wait(&d, 3);
     assert_int_equal(d.ret, 0);
     assert_int_equal(bdev_detected_zero_writes() - before, 2);
 
-    assert_int_equal(bdev_block_status(on, 0, 65536, status_cb, &d), 0);
-    wait_calls(&d, 4);
+    assert_int_equal(bdev_block_status(on, 0, 65536, test_io_status_cb, &d), 0);
+    test_io_wait(&d, 4);
     assert_true(d.status & BDEV_STATUS_ZERO);
     assert_false(d.status & BDEV_STATUS_DATA);
-    assert_int_equal(bdev_block_status(on, 1 << 20, 65536, status_cb, &d), 0);
-    wait_calls(&d, 5);
+    assert_int_equal(
+        bdev_block_status(on, 1 << 20, 65536, test_io_status_cb, &d), 0);
+    test_io_wait(&d, 5);
     assert_true(d.status & BDEV_STATUS_ZERO);
-    assert_int_equal(bdev_block_status(off, 0, 65536, status_cb, &d), 0);
-    wait_calls(&d, 6);
+    assert_int_equal(bdev_block_status(off, 0, 65536, test_io_status_cb, &d),
+                     0);
+    test_io_wait(&d, 6);
     assert_true(d.status & BDEV_STATUS_DATA);
 
     memset(rd, 0xee, 65536);
-    assert_int_equal(bdev_read(on, 0, 65536, rd, done_cb, &d), 0);
-    wait_calls(&d, 7);
+    assert_int_equal(bdev_read(on, 0, 65536, rd, test_io_cb, &d), 0);
+    test_io_wait(&d, 7);
     assert_memory_equal(rd, zero, 65536);
     /* The data next to it is untouched. */
-    assert_int_equal(bdev_read(on, 65536, 65536, rd, done_cb, &d), 0);
-    wait_calls(&d, 8);
+    assert_int_equal(bdev_read(on, 65536, 65536, rd, test_io_cb, &d), 0);
+    test_io_wait(&d, 8);
     assert_int_equal(rd[0], 0x77);
     assert_int_equal(rd[65535], 0x77);
     /* A partial-cluster zero write inside data. */
     before = bdev_detected_zero_writes();
-    assert_int_equal(bdev_write(on, 65536 + 4096, 4096, zero, done_cb, &d), 0);
-    wait_calls(&d, 9);
+    assert_int_equal(bdev_write(on, 65536 + 4096, 4096, zero, test_io_cb, &d),
+                     0);
+    test_io_wait(&d, 9);
     assert_int_equal(d.ret, 0);
     assert_int_equal(bdev_detected_zero_writes() - before, 1);
-    assert_int_equal(bdev_read(on, 65536, 65536, rd, done_cb, &d), 0);
-    wait_calls(&d, 10);
+    assert_int_equal(bdev_read(on, 65536, 65536, rd, test_io_cb, &d), 0);
+    test_io_wait(&d, 10);
     for (int i = 0; i < 65536; i++) {
         assert_int_equal(rd[i], i >= 4096 && i < 8192 ? 0 : 0x77);
     }
     /* A buffer that is zero except its last byte is data. */
     zero[65535] = 1;
     before = bdev_detected_zero_writes();
-    assert_int_equal(bdev_write(on, 2 << 20, 65536, zero, done_cb, &d), 0);
-    wait_calls(&d, 11);
+    assert_int_equal(bdev_write(on, 2 << 20, 65536, zero, test_io_cb, &d), 0);
+    test_io_wait(&d, 11);
     assert_int_equal(bdev_detected_zero_writes(), before);
 
     send_cmd(&a, "{'execute': 'blockdev-del', 'arguments': "
@@ -402,7 +360,7 @@ static void test_detect_zeroes(void **state)
                  "'read -q -P 0 0 64k' -c 'read -q -P 0x77 64k 4k' "
                  "-c 'read -q -P 0 68k 4k' -c 'read -q -P 0x77 72k 56k' '%s' "
                  "| grep -q -i -e fail -e mismatch && exit 1 || exit 0",
-                 path("dz_on.qcow2"), path("dz_on.qcow2"));
+                 scratch_path("dz_on.qcow2"), scratch_path("dz_on.qcow2"));
         assert_int_equal(system(cmd), 0);
     }
     bdev_buf_free(zero);
@@ -415,7 +373,7 @@ static void test_detect_zeroes(void **state)
 static void test_actual_size_growing(void **state)
 {
     struct client a;
-    struct done d = {0};
+    struct test_io_done d = {0};
     struct bdev *bs;
     uint8_t *buf = bdev_buf_alloc(1 << 20);
     struct stat sb;
@@ -424,19 +382,19 @@ static void test_actual_size_growing(void **state)
     FILE *f;
 
     (void)state;
-    f = fopen(path("grow.raw"), "w");
+    f = fopen(scratch_path("grow.raw"), "w");
     assert_non_null(f);
     fclose(f);
     client_open(&a);
     send_cmd(&a,
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'file', "
              "'node-name': 'g', 'filename': '%s'}}",
-             path("grow.raw"));
+             scratch_path("grow.raw"));
     expect_ok(&a);
     bs = bdev_find("g");
     memset(buf, 0x42, 1 << 20);
-    assert_int_equal(bdev_write(bs, 0, 1 << 20, buf, done_cb, &d), 0);
-    wait_calls(&d, 1);
+    assert_int_equal(bdev_write(bs, 0, 1 << 20, buf, test_io_cb, &d), 0);
+    test_io_wait(&d, 1);
     assert_int_equal(d.ret, 0);
     assert_int_equal(bdev_length(bs), 1 << 20);
     n = query_node(&a, "g");
@@ -450,7 +408,7 @@ static void test_actual_size_growing(void **state)
     send_cmd(&a, "{'execute': 'blockdev-del', 'arguments': "
                  "{'node-name': 'g'}}");
     expect_ok(&a);
-    assert_int_equal(stat(path("grow.raw"), &sb), 0);
+    assert_int_equal(stat(scratch_path("grow.raw"), &sb), 0);
     assert_int_equal(sb.st_size, 1 << 20);
     bdev_buf_free(buf);
     client_close(&a);
@@ -470,7 +428,7 @@ static void test_cache_direct(void **state)
 
     (void)state;
     client_open(&a);
-    f = fopen(path("c.raw"), "w");
+    f = fopen(scratch_path("c.raw"), "w");
     assert_non_null(f);
     assert_int_equal(ftruncate(fileno(f), 65536), 0);
     fclose(f);
@@ -478,7 +436,7 @@ static void test_cache_direct(void **state)
              "{'execute': 'blockdev-add', 'arguments': {'driver': 'raw', "
              "'node-name': 'cd', 'cache': {'direct': true}, 'file': "
              "{'driver': 'file', 'filename': '%s'}}}",
-             path("c.raw"));
+             scratch_path("c.raw"));
     expect_ok(&a);
     n = query_node(&a, "cd");
     assert_true(
@@ -534,45 +492,31 @@ static void test_cache_direct(void **state)
 
 static int setup(void **state)
 {
-    (void)state;
-    snprintf(dir, sizeof(dir), "/var/tmp/test_bdev_qmp.XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (scratch_make("test_bdev_qmp", NULL) < 0 || test_io_setup(state) < 0) {
         return -1;
     }
-    uv_loop_init(&loop);
-    bdev_init(&loop);
     qmp_core_init();
     bdev_qmp_init();
     return 0;
 }
 
-static int per_test_teardown(void **state)
-{
-    (void)state;
-    bdev_close_all();
-    return 0;
-}
-
 static int teardown(void **state)
 {
-    char cmd[300];
-
     (void)state;
     bdev_close_all();
-    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
     qmp_reset();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return scratch_remove();
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_del_drains, per_test_teardown),
-        cmocka_unit_test_teardown(test_del_order, per_test_teardown),
-        cmocka_unit_test_teardown(test_detect_zeroes, per_test_teardown),
-        cmocka_unit_test_teardown(test_actual_size_growing, per_test_teardown),
-        cmocka_unit_test_teardown(test_cache_direct, per_test_teardown),
+        cmocka_unit_test_teardown(test_del_drains, test_io_close_all),
+        cmocka_unit_test_teardown(test_del_order, test_io_close_all),
+        cmocka_unit_test_teardown(test_detect_zeroes, test_io_close_all),
+        cmocka_unit_test_teardown(test_actual_size_growing, test_io_close_all),
+        cmocka_unit_test_teardown(test_cache_direct, test_io_close_all),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
