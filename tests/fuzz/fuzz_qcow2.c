@@ -50,18 +50,6 @@ static int wait_done(struct done *d)
     return d->ret;
 }
 
-static void cleanup(void)
-{
-    char cmd[128];
-
-    if (fuzz_dir[0] && chdir("/") == 0) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fuzz_dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "fuzz: could not remove %s\n", fuzz_dir);
-        }
-    }
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -69,14 +57,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    fuzz_sandbox_init("qcow2");
-    atexit(cleanup);
-    if (system("qemu-img create -q -f qcow2 base.qcow2 1M && "
-               "qemu-io -c 'write -P 0x11 0 64k' base.qcow2 >/dev/null && "
-               "qemu-img create -q -f raw base.raw 1M") != 0) {
-        fprintf(stderr, "fuzz: qemu-img/qemu-io failed\n");
-        abort();
-    }
+    fuzz_sandbox_init(
+        "qcow2", "qemu-img create -q -f qcow2 base.qcow2 1M && "
+                 "qemu-io -c 'write -P 0x11 0 64k' base.qcow2 >/dev/null && "
+                 "qemu-img create -q -f raw base.raw 1M");
     loop = uv_default_loop();
     if (bdev_init(loop) < 0) {
         abort();

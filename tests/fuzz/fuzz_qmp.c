@@ -129,18 +129,6 @@ static void slurp(struct image *img)
     fclose(f);
 }
 
-static void cleanup(void)
-{
-    char cmd[128];
-
-    if (fuzz_dir[0] && chdir("/") == 0) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fuzz_dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "fuzz: could not remove %s\n", fuzz_dir);
-        }
-    }
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -149,20 +137,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     verbose = getenv("FUZZ_VERBOSE") != NULL;
-    fuzz_sandbox_init("qmp");
-    atexit(cleanup);
-    if (system(
-            "qemu-img create -q -f qcow2 -o cluster_size=4096 base.qcow2 1M && "
-            "qemu-io -c 'write -P 0x11 0 64k' -c 'write -P 0x22 512k 4k' "
-            "base.qcow2 >/dev/null && "
-            "qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F "
-            "qcow2 "
-            "top.qcow2 1M && "
-            "qemu-io -c 'write -P 0x33 64k 64k' top.qcow2 >/dev/null && "
-            "qemu-img create -q -f raw raw.img 64k") != 0) {
-        fprintf(stderr, "fuzz: qemu-img/qemu-io failed\n");
-        abort();
-    }
+    fuzz_sandbox_init(
+        "qmp",
+        "qemu-img create -q -f qcow2 -o cluster_size=4096 base.qcow2 1M && "
+        "qemu-io -c 'write -P 0x11 0 64k' -c 'write -P 0x22 512k 4k' "
+        "base.qcow2 >/dev/null && "
+        "qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 "
+        "-F qcow2 top.qcow2 1M && "
+        "qemu-io -c 'write -P 0x33 64k 64k' top.qcow2 >/dev/null && "
+        "qemu-img create -q -f raw raw.img 64k");
     for (size_t i = 0; i < sizeof(images) / sizeof(images[0]); i++) {
         slurp(&images[i]);
     }

@@ -45,43 +45,59 @@ static bool fuzz_path_allowed(const char *path)
     return true;
 }
 
-static mode_t fuzz_mode_arg(int flags, va_list ap)
+/* The guarded open(): `ap` holds the mode when flags create a file. */
+static int fuzz_open(int (*real)(const char *, int, ...), const char *path,
+                     int flags, va_list ap)
 {
-    return (flags & (O_CREAT | __O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    mode_t mode =
+        (flags & (O_CREAT | __O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+
+    if (fuzz_guard && !fuzz_path_allowed(path)) {
+        errno = EACCES;
+        return -1;
+    }
+    return real(path, flags, mode);
 }
 
 int __wrap_open(const char *path, int flags, ...)
 {
     va_list ap;
-    mode_t mode;
+    int fd;
 
     va_start(ap, flags);
-    mode = fuzz_mode_arg(flags, ap);
+    fd = fuzz_open(__real_open, path, flags, ap);
     va_end(ap);
-    if (fuzz_guard && !fuzz_path_allowed(path)) {
-        errno = EACCES;
-        return -1;
-    }
-    return __real_open(path, flags, mode);
+    return fd;
 }
 
 int __wrap_open64(const char *path, int flags, ...)
 {
     va_list ap;
-    mode_t mode;
+    int fd;
 
     va_start(ap, flags);
-    mode = fuzz_mode_arg(flags, ap);
+    fd = fuzz_open(__real_open64, path, flags, ap);
     va_end(ap);
-    if (fuzz_guard && !fuzz_path_allowed(path)) {
-        errno = EACCES;
-        return -1;
-    }
-    return __real_open64(path, flags, mode);
+    return fd;
 }
 
-/* Makes the work directory and enters it (relative names resolve there). */
-static void fuzz_sandbox_init(const char *tag)
+/* Leaves the work directory and removes it (at exit). */
+static void fuzz_sandbox_cleanup(void)
+{
+    char cmd[128];
+
+    if (fuzz_dir[0] && chdir("/") == 0) {
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fuzz_dir);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "fuzz: could not remove %s\n", fuzz_dir);
+        }
+    }
+}
+
+/* Makes the work directory, enters it (relative names resolve there) and
+ * has it removed at exit; then runs the shell command `setup` there (the
+ * images every input starts from), aborting when it fails. */
+static void fuzz_sandbox_init(const char *tag, const char *setup)
 {
     const char *tmp = getenv("TMPDIR");
 
@@ -89,6 +105,11 @@ static void fuzz_sandbox_init(const char *tag)
              tmp && strlen(tmp) < 32 ? tmp : "/tmp", tag);
     if (!mkdtemp(fuzz_dir) || chdir(fuzz_dir) < 0) {
         perror("fuzz: work directory");
+        abort();
+    }
+    atexit(fuzz_sandbox_cleanup);
+    if (system(setup) != 0) {
+        fprintf(stderr, "fuzz: qemu-img/qemu-io failed\n");
         abort();
     }
 }
