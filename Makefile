@@ -157,8 +157,11 @@ FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -O1 -g -I. -fno-omit-frame-pointer \
 FUZZ_LDFLAGS := -fsanitize=fuzzer,address,undefined \
                 -Wl,--wrap=open,--wrap=open64
 FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+# Waiting for block-layer I/O, shared with the unit tests.
+FUZZ_TEST_OBJ := $(FUZZ_DIR)/obj/tests/fakes/test_io.o
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
-.SECONDARY: $(FUZZ_LIB_OBJ) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o)
+.SECONDARY: $(FUZZ_LIB_OBJ) $(FUZZ_TEST_OBJ) \
+            $(FUZZ_TARGETS:%=$(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o)
 
 .PHONY: fuzz fuzz-build
 $(FUZZ_DIR)/obj/%.o: %.c
@@ -166,7 +169,8 @@ $(FUZZ_DIR)/obj/%.o: %.c
 	@echo "  FUZZCC $<"
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
 
-$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ) \
+                    $(FUZZ_TEST_OBJ)
 	@echo "  LD    $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -13,42 +13,8 @@
 
 #include "backends/bdev.h"
 #include "backends/bdev_int.h"
+#include "tests/fakes/test_io.h"
 #include "tests/fuzz/fuzz_sandbox.h"
-
-static uv_loop_t *loop;
-
-struct done {
-    bool done;
-    int ret;
-    unsigned status;
-    uint64_t pnum;
-};
-
-static void io_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    d->done = true;
-    d->ret = ret;
-}
-
-static void st_cb(void *opaque, int ret, unsigned status, uint64_t pnum)
-{
-    struct done *d = opaque;
-
-    d->done = true;
-    d->ret = ret;
-    d->status = status;
-    d->pnum = pnum;
-}
-
-static int wait_done(struct done *d)
-{
-    while (!d->done) {
-        uv_run(loop, UV_RUN_ONCE);
-    }
-    return d->ret;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -61,8 +27,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         "qcow2", "qemu-img create -q -f qcow2 base.qcow2 1M && "
                  "qemu-io -c 'write -P 0x11 0 64k' base.qcow2 >/dev/null && "
                  "qemu-img create -q -f raw base.raw 1M");
-    loop = uv_default_loop();
-    if (bdev_init(loop) < 0) {
+    if (bdev_init(uv_default_loop()) < 0) {
         abort();
     }
     return 0;
@@ -74,7 +39,6 @@ static void read_range(struct bdev *bs, int64_t size, uint64_t off,
                        uint64_t len)
 {
     uint64_t align = bdev_mem_align(bs);
-    struct done d = {0};
     void *buf;
 
     if (align < 512) {
@@ -95,9 +59,7 @@ static void read_range(struct bdev *bs, int64_t size, uint64_t off,
     if (!buf) {
         abort();
     }
-    if (bdev_read(bs, off, len, buf, io_cb, &d) == 0) {
-        wait_done(&d);
-    }
+    test_io_read(bs, off, len, buf); /* fails or not: both are fine */
     bdev_buf_free(buf);
 }
 
@@ -106,10 +68,11 @@ static void walk_status(struct bdev *bs, int64_t size)
     uint64_t off = 0;
 
     for (int i = 0; i < 256 && size > 0 && off < (uint64_t)size; i++) {
-        struct done d = {0};
+        struct test_io_done d = {0};
 
-        if (bdev_block_status(bs, off, (uint64_t)size - off, st_cb, &d) < 0 ||
-            wait_done(&d) < 0) {
+        if (bdev_block_status(bs, off, (uint64_t)size - off, test_io_status_cb,
+                              &d) < 0 ||
+            test_io_wait(&d, 1) < 0) {
             return;
         }
         if (d.pnum == 0 || d.pnum > (uint64_t)size - off) {
@@ -161,9 +124,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     bdev_unref(bs);
 out:
-    uv_run(loop, UV_RUN_NOWAIT);
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
     bdev_close_all();
-    uv_run(loop, UV_RUN_NOWAIT);
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
     fuzz_guard = false;
     return 0;
 }
