@@ -39,13 +39,34 @@ def events_of(c, since, name):
             if m.get("event") == name]
 
 
-def start_slow(c, d, **extra):
+def add_new_chain(c, d):
+    """make_chain() in the daemon's directory, its nodes added."""
     paths = make_chain(d.workdir)
     add_chain(c, paths)
-    args = {"device": "top", "job-id": "s0", "speed": 1}
-    args.update(extra)
+    return paths
+
+
+def stream(c, **extra):
+    """block-stream of top as job s0; extra: more arguments, with '_' for
+    '-' in their names (auto_finalize=False)."""
+    args = {"device": "top", "job-id": "s0"}
+    args.update((k.replace("_", "-"), v) for k, v in extra.items())
     c.ok("block-stream", args)
+
+
+def start_slow(c, d):
+    paths = add_new_chain(c, d)
+    stream(c, speed=1)
     wait_first_chunk(c, "s0")
+    return paths
+
+
+def start_pending(c, d, **extra):
+    """A new chain streamed with auto-finalize false, once the job is
+    pending (BLOCK_JOB_PENDING received)."""
+    paths = add_new_chain(c, d)
+    stream(c, auto_finalize=False, **extra)
+    c.event("BLOCK_JOB_PENDING")
     return paths
 
 
@@ -142,11 +163,9 @@ def test_cancel_paused():
 def test_manual_finalize_and_dismiss():
     with Daemon() as d:
         c = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(c, paths)
+        paths = add_new_chain(c, d)
         m = mark(c)
-        c.ok("block-stream", {"device": "top", "job-id": "s0",
-                              "auto-finalize": False, "auto-dismiss": False})
+        stream(c, auto_finalize=False, auto_dismiss=False)
         c.event("BLOCK_JOB_PENDING")
         assert tokens(c, m) == ["created", "running", "return", "waiting",
                                 "pending", "BLOCK_JOB_PENDING"], tokens(c, m)
@@ -182,11 +201,7 @@ def test_manual_finalize_and_dismiss():
 def test_manual_finalize_auto_dismiss():
     with Daemon() as d:
         c = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(c, paths)
-        c.ok("block-stream", {"device": "top", "job-id": "s0",
-                              "auto-finalize": False})
-        c.event("BLOCK_JOB_PENDING")
+        paths = start_pending(c, d)
         m = mark(c)
         c.ok("job-finalize", {"id": "s0"})
         assert tokens(c, m) == ["BLOCK_JOB_COMPLETED", "concluded", "null",
@@ -197,11 +212,9 @@ def test_manual_finalize_auto_dismiss():
 def test_auto_finalize_no_auto_dismiss():
     with Daemon() as d:
         c = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(c, paths)
+        paths = add_new_chain(c, d)
         m = mark(c)
-        c.ok("block-stream", {"device": "top", "job-id": "s0",
-                              "auto-dismiss": False})
+        stream(c, auto_dismiss=False)
         wait_status(c, "s0", "concluded")
         assert tokens(c, m) == ["created", "running", "return"] + END_OK[:-1]
         assert job_info(c, "s0") == info("concluded", offset=SIZE, speed=0,
@@ -215,11 +228,7 @@ def test_auto_finalize_no_auto_dismiss():
 def test_cancel_pending():
     with Daemon() as d:
         c = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(c, paths)
-        c.ok("block-stream", {"device": "top", "job-id": "s0",
-                              "auto-finalize": False, "auto-dismiss": False})
-        c.event("BLOCK_JOB_PENDING")
+        paths = start_pending(c, d, auto_dismiss=False)
         m = mark(c)
         c.ok("block-job-cancel", {"device": "s0"})
         assert tokens(c, m) == ["aborting", "BLOCK_JOB_CANCELLED",
@@ -237,11 +246,9 @@ def test_cancel_pending():
 def test_wrong_state_verbs():
     with Daemon() as d:
         c = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(c, paths)
+        paths = add_new_chain(c, d)
         check_unknown_job(c)
-        c.ok("block-stream", {"device": "top", "job-id": "s0", "speed": 1,
-                              "auto-finalize": False, "auto-dismiss": False})
+        stream(c, speed=1, auto_finalize=False, auto_dismiss=False)
         wait_first_chunk(c, "s0")
         n = check_wrong_verbs(c, "running")
         c.ok("job-pause", {"id": "s0"})
@@ -290,10 +297,8 @@ def test_client_leaving_during_finalize():
     with Daemon() as d:
         a = d.connect()
         b = d.connect()
-        paths = make_chain(d.workdir)
-        add_chain(a, paths)
-        a.ok("block-stream", {"device": "top", "job-id": "s0",
-                              "auto-finalize": False})
+        paths = add_new_chain(a, d)
+        stream(a, auto_finalize=False)
         b.event("BLOCK_JOB_PENDING")
         m = mark(b)
         a.send_raw('{"execute": "job-finalize", "arguments": {"id": "s0"}}'

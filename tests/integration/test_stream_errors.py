@@ -39,17 +39,26 @@ def finish(c, d, raw, top, backing_kept, leaks_ok=False):
     assert ("backing-filename" in info) == backing_kept, info
 
 
+def start_failing(c, d, policy, errno, write=False):
+    """A raw base under a qcow2 top where the base's read (with `write`:
+    the first data write into the top) fails with errno, and stream job e0
+    with on-error `policy` started. Returns raw, top and the mark taken
+    just before block-stream."""
+    raw, top = make_raw_base(d.workdir)
+    if write:
+        add_write_error_chain(c, raw, top, errno)
+    else:
+        add_erroring_raw_chain(c, raw, top, errno)
+    m = mark(c)
+    c.ok("block-stream", {"device": "top", "job-id": "e0",
+                          "on-error": policy})
+    return raw, top, m
+
+
 def failing_run(policy, errno, action, error_text, offset, write=False):
     with Daemon() as d:
         c = d.connect()
-        raw, top = make_raw_base(d.workdir)
-        if write:
-            add_write_error_chain(c, raw, top, errno)
-        else:
-            add_erroring_raw_chain(c, raw, top, errno)
-        m = mark(c)
-        c.ok("block-stream", {"device": "top", "job-id": "e0",
-                              "on-error": policy})
+        raw, top, m = start_failing(c, d, policy, errno, write)
         wait_status(c, "e0", "null")
         # stream reports "read" even when the write into the top failed.
         want = START + ["ERROR(read,%s)" % action] + END_FAIL
@@ -82,14 +91,7 @@ def test_write_enospc_report():
 def stopping_run(policy, errno, iostatus, offset, write=False):
     with Daemon() as d:
         c = d.connect()
-        raw, top = make_raw_base(d.workdir)
-        if write:
-            add_write_error_chain(c, raw, top, errno)
-        else:
-            add_erroring_raw_chain(c, raw, top, errno)
-        m = mark(c)
-        c.ok("block-stream", {"device": "top", "job-id": "e0",
-                              "on-error": policy})
+        raw, top, m = start_failing(c, d, policy, errno, write)
         wait_status(c, "e0", "paused")
         assert tokens(c, m) == START + ["ERROR(read,stop)", "paused"], (
             tokens(c, m))
@@ -142,10 +144,7 @@ def test_failed_write_leaks_nothing():
     failed: qemu-img check finds no leak after a stop and a retry."""
     with Daemon() as d:
         c = d.connect()
-        raw, top = make_raw_base(d.workdir)
-        add_write_error_chain(c, raw, top, 28)
-        c.ok("block-stream", {"device": "top", "job-id": "e0",
-                              "on-error": "stop"})
+        raw, top, _ = start_failing(c, d, "stop", 28, write=True)
         wait_status(c, "e0", "paused")
         c.ok("block-job-resume", {"device": "e0"})
         wait_status(c, "e0", "null")
@@ -157,10 +156,7 @@ def test_stop_then_cancel():
     ends cancelled (io-status back to ok), the chain untouched."""
     with Daemon() as d:
         c = d.connect()
-        raw, top = make_raw_base(d.workdir)
-        add_erroring_raw_chain(c, raw, top, 5)
-        c.ok("block-stream", {"device": "top", "job-id": "e0",
-                              "on-error": "stop"})
+        raw, top, _ = start_failing(c, d, "stop", 5)
         wait_status(c, "e0", "paused")
         m = mark(c)
         c.ok("block-job-cancel", {"device": "e0", "force": True})
