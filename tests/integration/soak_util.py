@@ -17,6 +17,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 ".."))
 from qmp import Daemon, QSD, QMP, Runner, require, skip  # noqa: E402,F401
+# Event tokens and transcripts as the stream tests write them.
+from stream_util import short, transcript  # noqa: E402,F401
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -140,28 +142,6 @@ def job_info(c, job):
     return None
 
 
-def short(e):
-    d = e.get("data", {})
-    if e["event"] == "JOB_STATUS_CHANGE":
-        return d["status"]
-    if e["event"] == "BLOCK_JOB_ERROR":
-        return "ERROR(%s,%s)" % (d["operation"], d["action"])
-    return e["event"]
-
-
-def transcript(c, since=0):
-    """Replies and events received since line `since`, without
-    timestamps."""
-    out = []
-    for line in c.lines[since:]:
-        m = json.loads(line)
-        if "event" in m:
-            out.append({"event": m["event"], "data": m.get("data")})
-        else:
-            out.append(m)
-    return out
-
-
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -180,6 +160,15 @@ def kill9(d):
 
 def cleanup(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def discard(daemon):
+    """After a test that stops the daemon itself: kills it if the test
+    failed before that, and removes its directory either way."""
+    if daemon.proc.poll() is None:
+        daemon.proc.kill()
+        daemon.proc.wait()
+    cleanup(daemon.workdir)
 
 
 def percentile(xs, p):

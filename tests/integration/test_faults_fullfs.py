@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 from soak_util import (MiB, QSD, Daemon, backing_of, cleanup, compare,
-                       flatten, job_info, qemu_check, require, run, skip,
-                       wait_status, workdir)
+                       discard, flatten, job_info, qemu_check, require, run,
+                       skip, wait_status, workdir)
 
 require("qemu-img", "qemu-io")
 
@@ -82,10 +82,7 @@ def scenario(factory, d, mnt, label):
         c.close()
         daemon.stop()
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-        cleanup(daemon.workdir)
+        discard(daemon)
     qemu_check(top, allow_leaks=True)
     assert backing_of(top) is None, backing_of(top)
     compare(top, flat)

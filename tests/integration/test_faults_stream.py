@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 from soak_util import (KiB, MiB, QSD, Daemon, Runner, backing_of, cleanup,
-                       compare, flatten, qemu_check, require, run,
+                       compare, discard, flatten, qemu_check, require, run,
                        transcript, wait_status, workdir)
 
 require("qemu-img", "qemu-io")
@@ -216,10 +216,7 @@ def run_matrix(daemon_factory, label):
         c.close()
         daemon.stop()
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-        cleanup(daemon.workdir)
+        discard(daemon)
         cleanup(d)
     return results
 
