@@ -66,36 +66,39 @@ def expect_clean_end(dm, c, mon, reason, top, flat, ro, pidfile):
     dm.log.close()
 
 
-def test_sigterm_mid_job():
+def remove_dirs(d, dm):
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(dm.workdir, ignore_errors=True)
+
+
+def shutdown_mid_job(stop, reason, log_line=None):
+    """start_mid_job(), then stop(dm, c) asks the daemon to end: it must
+    end cleanly with SHUTDOWN reason `reason` (and log `log_line`)."""
     require("qemu-img", "qemu-io")
     d = workdir()
     dm, c, mon, top, flat, ro, pidfile = start_mid_job(d)
-    dm.proc.send_signal(signal.SIGTERM)
-    expect_clean_end(dm, c, mon, "host-signal", top, flat, ro, pidfile)
-    assert "shutting down (SIGTERM)" in dm.logtext()
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(dm.workdir, ignore_errors=True)
+    stop(dm, c)
+    expect_clean_end(dm, c, mon, reason, top, flat, ro, pidfile)
+    if log_line:
+        assert log_line in dm.logtext()
+    remove_dirs(d, dm)
+
+
+def test_sigterm_mid_job():
+    shutdown_mid_job(lambda dm, c: dm.proc.send_signal(signal.SIGTERM),
+                     "host-signal", "shutting down (SIGTERM)")
 
 
 def test_sigint_mid_job():
-    require("qemu-img", "qemu-io")
-    d = workdir()
-    dm, c, mon, top, flat, ro, pidfile = start_mid_job(d)
-    dm.proc.send_signal(signal.SIGINT)
-    expect_clean_end(dm, c, mon, "host-signal", top, flat, ro, pidfile)
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(dm.workdir, ignore_errors=True)
+    shutdown_mid_job(lambda dm, c: dm.proc.send_signal(signal.SIGINT),
+                     "host-signal")
 
 
 def test_quit_mid_job():
-    require("qemu-img", "qemu-io")
-    d = workdir()
-    dm, c, mon, top, flat, ro, pidfile = start_mid_job(d)
-    assert c.cmd("quit", id="q") == {"return": {}, "id": "q"}
-    expect_clean_end(dm, c, mon, "host-qmp-quit", top, flat, ro, pidfile)
-    assert "shutting down (quit)" in dm.logtext()
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(dm.workdir, ignore_errors=True)
+    def send_quit(dm, c):
+        assert c.cmd("quit", id="q") == {"return": {}, "id": "q"}
+
+    shutdown_mid_job(send_quit, "host-qmp-quit", "shutting down (quit)")
 
 
 def test_second_signal_exits_at_once():
@@ -119,8 +122,7 @@ def test_second_signal_exits_at_once():
     check_image(top, leaks_ok=True)  # never corrupt; leaks are allowed
     same_content(top, flat)
     dm.log.close()
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(dm.workdir, ignore_errors=True)
+    remove_dirs(d, dm)
 
 
 def test_shutdown_without_jobs_or_clients():
