@@ -1,0 +1,1261 @@
+#!/usr/bin/env python3
+"""Seeded differential sessions: qemu-storage-daemon 7.2 and blockjobd play
+the same QMP session, a user's session of the block-job API, and must give
+the same replies (exact JSON) and events in the same order (timestamps
+aside), and leave the same images behind.
+
+A seed makes a few small chains (qcow2 and raw layers, patterns written with
+qemu-io, backing names relative or absolute, various sizes and cluster
+sizes) and a session of random commands: blockdev-add of the layers in the
+ways a user adds them (explicit backing references, implicit backings from
+the header, backing null, separate file nodes, read-only, cache, discard,
+detect-zeroes, auto-read-only, bad values), blockdev-del, block-stream with
+every argument and bad combinations of them, the block-job-* and job-* verbs
+on live, ended and unknown jobs, the queries, and protocol mistakes
+(negotiating twice, unknown commands, wrong argument types).
+
+The session is generated against qsd as it runs (each command is chosen
+from the state the previous replies left), then replayed on blockjobd.
+
+Jobs only ever sit in states that do not change by themselves, so both
+daemons are compared at the same point: after every command the session
+waits (by polling queries whose replies are not compared, and by the
+events) until every job is paused, or sleeping in its rate limit after its
+first chunk (a speed of a few KiB/s at most: the next chunk is hours away),
+or pending/concluded waiting for the user, or gone. Everything received
+meanwhile - the reply and every event - belongs to that command's step.
+
+Compared after normalising only what legitimately differs: the digits of
+implicit #blockNNN names (renumbered in order of appearance), on-disk sizes
+(actual-size; the length of written qcow2 files) and the package string.
+At the end both daemons are stopped and each image is compared: qemu-img
+check, qemu-img info (backing name and format), qemu-img map --output=json
+(host offsets dropped) and the data (qemu-img compare against what qsd left,
+for each layer alone and for the whole chain).
+
+Environment:
+  SESSIONS_SEEDS  seeds to run instead of the fixed set: "1-200", "3,7,9"
+  SESSIONS_OPS    commands per session (default 40)
+  SESSIONS_SHRINK 1: reduce each failing session to the commands needed
+                  for its first difference and print that reproduction
+  SESSIONS_REPLAY a JSON file written by a failing run: replay it
+  SESSIONS_KEEP_GOING 1: run every seed even after failures
+"""
+import json
+import os
+import random
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from qmp import QSD, TIMEOUT, Daemon, QMP, Runner, require  # noqa: E402
+
+MiB = 1 << 20
+KiB = 1 << 10
+IMG = "@IMG@"  # the image directory in commands and normalised replies
+
+# Seeds make check runs: they pass, and together take well under a minute.
+CHECK_SEEDS = [1, 2, 3, 4, 6, 8]
+DEFAULT_OPS = 40
+
+
+# ---- images ---------------------------------------------------------------
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+def gen_chains(rng):
+    """Chains as data: [[layer, ...], ...], bottom layer first."""
+    chains = []
+    for k in range(rng.choice([1, 2, 2, 3])):
+        layers = []
+        n = rng.choice([1, 2, 2, 3, 3, 3])
+        for i in range(n):
+            fmt = "raw" if i == 0 and rng.random() < 0.3 else "qcow2"
+            size = rng.choice([1, 2, 2, 3, 4]) * MiB
+            if rng.random() < 0.15:
+                size += rng.choice([64 * KiB, 512, 4096 * 3])
+            layer = {"name": "c%dl%d" % (k, i), "fmt": fmt, "size": size,
+                     "file": "c%dl%d.%s" % (k, i, fmt)}
+            if fmt == "qcow2":
+                layer["cluster"] = rng.choice([65536] * 6 +
+                                              [4096, 32768, 131072])
+                if i > 0:
+                    layer["absolute"] = rng.random() < 0.3
+            writes = []
+            for _ in range(rng.choice([0, 1, 1, 2, 3, 4])):
+                length = rng.choice([4 * KiB, 64 * KiB, 128 * KiB, 512 * KiB,
+                                     MiB, 3 * KiB + 512])
+                length = min(length, size)
+                off = rng.randrange(0, size - length + 1, 512)
+                if rng.random() < 0.5:
+                    off -= off % (64 * KiB)
+                zero = rng.random() < 0.2
+                writes.append((off, length, None if zero else
+                               rng.randrange(1, 256)))
+            layer["writes"] = writes
+            layers.append(layer)
+        chains.append(layers)
+    return chains
+
+
+def build_chains(chains, d):
+    for layers in chains:
+        for i, l in enumerate(layers):
+            path = os.path.join(d, l["file"])
+            if l["fmt"] == "raw":
+                sh("qemu-img", "create", "-q", "-f", "raw", path,
+                   str(l["size"]))
+            else:
+                cmd = ["qemu-img", "create", "-q", "-f", "qcow2",
+                       "-o", "cluster_size=%d" % l["cluster"]]
+                if i > 0:
+                    below = layers[i - 1]
+                    name = below["file"]
+                    if l.get("absolute"):
+                        name = os.path.join(d, name)
+                    cmd += ["-b", name, "-F", below["fmt"]]
+                sh(*cmd, path, str(l["size"]))
+            cmds = []
+            for off, length, pat in l["writes"]:
+                if pat is None:
+                    cmds += ["-c", "write -z %d %d" % (off, length)]
+                else:
+                    cmds += ["-c", "write -P 0x%x %d %d" % (pat, off, length)]
+            if cmds:
+                sh("qemu-io", "-f", l["fmt"], *cmds, path)
+
+
+def image_facts(d, chains, flats):
+    """What each image looks like after the session. The data of each
+    layer (alone, and read through its chain) goes to raw files in
+    `flats`, for compare_data()."""
+    facts = {}
+    os.makedirs(flats, exist_ok=True)
+    for layers in chains:
+        for l in layers:
+            path = os.path.join(d, l["file"])
+            f = {}
+            if l["fmt"] == "qcow2":
+                r = subprocess.run(["qemu-img", "check", "--output=json", path],
+                                   stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+                try:
+                    c = json.loads(r.stdout)
+                    f["check"] = {k: c.get(k, 0) for k in (
+                        "corruptions", "leaks", "check-errors",
+                        "corruptions-fixed", "leaks-fixed")}
+                except ValueError:
+                    f["check"] = norm_text(r.stderr, d)
+                f["check-rc"] = r.returncode
+            r = subprocess.run(["qemu-img", "info", "--output=json", "-U",
+                                "-f", l["fmt"], path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+            info = json.loads(r.stdout) if r.returncode == 0 else {}
+            f["backing"] = info.get("backing-filename", "").replace(d, IMG)
+            f["backing-format"] = info.get("backing-filename-format")
+            f["virtual-size"] = info.get("virtual-size")
+            fs = info.get("format-specific", {}).get("data", {})
+            f["dirty"] = info.get("dirty-flag")
+            f["corrupt"] = fs.get("corrupt")
+            alone = "json:" + json.dumps({"driver": l["fmt"], "file": {
+                "driver": "file", "filename": path}, **(
+                    {"backing": None} if l["fmt"] == "qcow2" else {})})
+            # (the data/zero split of a raw file is where its file system
+            # has holes, which qemu-io's write -z leaves differently from
+            # one build to the next: raw layers show presence only)
+            r = subprocess.run(["qemu-img", "info", "--output=json", "-U",
+                                "--backing-chain", "-f", l["fmt"], path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+            formats = [i["format"] for i in json.loads(r.stdout)] \
+                if r.returncode == 0 else []
+            f["map-alone"] = qemu_map(alone, raw_depths={0} if
+                                      l["fmt"] == "raw" else set())
+            f["map-chain"] = qemu_map(path, l["fmt"], raw_depths={
+                d for d, fmt in enumerate(formats) if fmt == "raw"})
+            for what, src in (("alone", alone), ("chain", path)):
+                flat = os.path.join(flats, "%s.%s.raw" % (l["file"], what))
+                args = ["qemu-img", "convert", "-U", "-O", "raw", src, flat]
+                if not src.startswith("json:"):
+                    args[3:3] = ["-f", l["fmt"]]
+                r = subprocess.run(args, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+                f["data-" + what] = ("readable" if r.returncode == 0 else
+                                     norm_text(r.stdout, d))
+            facts[l["file"]] = f
+    return facts
+
+
+def compare_data(chains, qflats, oflats, ofacts):
+    """qemu-img compare of the data both daemons left (where both could
+    be read): the result goes into ours' facts."""
+    for layers in chains:
+        for l in layers:
+            f = ofacts[l["file"]]
+            for what in ("alone", "chain"):
+                name = "%s.%s.raw" % (l["file"], what)
+                q, o = os.path.join(qflats, name), os.path.join(oflats, name)
+                if f["data-" + what] == "readable" and os.path.exists(q):
+                    r = subprocess.run(["qemu-img", "compare", "-f", "raw",
+                                        "-F", "raw", q, o],
+                                       stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+                    if r.returncode != 0:
+                        f["data-" + what] = "differs from qsd's: " + \
+                            r.stdout.strip().replace(qflats, "<qsd>") \
+                            .replace(oflats, "<ours>")
+
+
+def norm_text(s, d):
+    return s.replace(d, "<D>").strip()
+
+
+def qemu_map(src, fmt=None, raw_depths=()):
+    args = ["qemu-img", "map", "--output=json", "-U"]
+    if fmt:
+        args += ["-f", fmt]
+    r = subprocess.run(args + [src], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        return "error"
+    out = []
+    for e in json.loads(r.stdout):
+        # Where data sits in the file may differ: host offsets go, and the
+        # extents they split are merged again.
+        e.pop("offset", None)
+        if e.get("depth") in raw_depths:
+            e.pop("zero", None)
+            e.pop("data", None)
+        if out and all(out[-1].get(k) == e.get(k) for k in e
+                       if k not in ("start", "length")) and \
+                out[-1]["start"] + out[-1]["length"] == e["start"]:
+            out[-1]["length"] += e["length"]
+        else:
+            out.append(e)
+    return out
+
+
+# ---- talking to a daemon --------------------------------------------------
+
+
+class Link:
+    """One QMP connection; every line received is kept in order. Replies to
+    polls (ids "poll-N") are taken out of the compared stream."""
+
+    def __init__(self, d):
+        self.c = connect(d)
+        self.npoll = 0
+        self.out = []  # compared messages of the current step
+
+    def send(self, msg):
+        self.c.send_raw(json.dumps(msg))
+
+    def recv(self, timeout):
+        m = self.c.recv(timeout)
+        if m.get("id") is not None and str(m.get("id")).startswith("poll-"):
+            return m
+        self.out.append(m)
+        return m
+
+    def poll(self, name, args=None):
+        self.npoll += 1
+        pid = "poll-%d" % self.npoll
+        msg = {"execute": name, "id": pid}
+        if args is not None:
+            msg["arguments"] = args
+        self.send(msg)
+        while True:
+            m = self.recv(TIMEOUT)
+            if m.get("id") == pid:
+                assert "return" in m, m
+                return m["return"]
+
+    def wait_input(self, timeout):
+        """Reads whatever arrives within `timeout` (keeps it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if b"\n" in self.c.buf:
+                self.recv(timeout)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            r, _, _ = select.select([self.c.s], [], [], left)
+            if not r:
+                return
+            chunk = self.c.s.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.c.buf += chunk
+
+
+def connect(d):
+    """qsd creates its socket file before it listens: a refused connection
+    right after start means "not yet"."""
+    for _ in range(500):
+        try:
+            return d.connect(negotiate=False)
+        except ConnectionRefusedError:
+            time.sleep(0.01)
+    return d.connect(negotiate=False)
+
+
+def job_stable(j):
+    """A job state that does not change by itself."""
+    st = j["status"]
+    if st == "paused":
+        return not j["busy"]
+    if st == "running":
+        # asleep in the rate limit after a chunk: hours until the next one
+        return (not j["busy"] and not j["paused"] and 0 < j["speed"] <= 8192
+                and j["offset"] > 0)
+    if st == "pending":
+        return not j["auto-finalize"]
+    if st == "concluded":
+        return not j["auto-dismiss"]
+    return False
+
+
+def settle(link):
+    """Waits until every job is in a stable state (see job_stable): two
+    polls at least 20 ms apart must agree that running jobs sleep at the
+    same offset (a job also sleeps an instant between its chunks)."""
+    deadline = time.monotonic() + TIMEOUT
+    pause = 0.001
+    while True:
+        jobs = link.poll("query-block-jobs")
+        if all(job_stable(j) for j in jobs):
+            if not any(j["status"] == "running" for j in jobs):
+                return jobs
+            link.wait_input(0.02)
+            again = link.poll("query-block-jobs")
+            if again == jobs:
+                return jobs
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError("jobs never settled: %r" % jobs)
+        link.wait_input(pause)
+        pause = min(pause * 2, 0.05)
+
+
+# ---- normalising ------------------------------------------------------------
+
+
+class Norm:
+    """Per-session renaming of implicit nodes (#blockNNN: a counter and
+    random digits in QEMU) in order of appearance."""
+
+    def __init__(self, img):
+        self.names = {}
+        self.img = img
+
+    def name(self, m):
+        n = self.names.setdefault(m.group(0), len(self.names))
+        return "#block<%d>" % n
+
+    def __call__(self, msg):
+        msg = dict(msg)
+        msg.pop("timestamp", None)
+        if "return" in msg and isinstance(msg["return"], dict) and \
+                "package" in msg["return"]:
+            msg["return"] = dict(msg["return"], package="P")
+        if "QMP" in msg:
+            msg = {"QMP": "greeting"}
+        if isinstance(msg.get("return"), list):
+            msg["return"] = [strip_sizes(x) for x in msg["return"]]
+        s = json.dumps(msg).replace(self.img, IMG)
+        s = re.sub(r"#block\d+", self.name, s)
+        return json.loads(s)
+
+
+def strip_sizes(node):
+    """A query-named-block-nodes element without on-disk sizes."""
+    if not isinstance(node, dict) or "image" not in node:
+        return node
+    node = json.loads(json.dumps(node))
+    img = node["image"]
+    if node.get("drv") == "file" and img.get("filename", "").endswith(
+            ".qcow2"):
+        img["virtual-size"] = "<file size>"
+    while img:
+        img.pop("actual-size", None)
+        img = img.get("backing-image")
+    return node
+
+
+# ---- sessions ---------------------------------------------------------------
+
+
+def resolve(v, implicit, img):
+    """Symbolic references: {"$implicit": k} is the k-th #block node of the
+    last node list (newest first); IMG in a string the image directory."""
+    if isinstance(v, dict):
+        if set(v) == {"$implicit"}:
+            k = v["$implicit"]
+            return implicit[k] if k < len(implicit) else "#block999"
+        return {k: resolve(x, implicit, img) for k, x in v.items()}
+    if isinstance(v, list):
+        return [resolve(x, implicit, img) for x in v]
+    if isinstance(v, str):
+        return v.replace(IMG, img)
+    return v
+
+
+class Player:
+    """Plays ops on one daemon: one step per op (the op's reply and the
+    events until the jobs settled)."""
+
+    def __init__(self, d, img):
+        self.link = Link(d)
+        self.img = img
+        self.norm = Norm(img)
+        self.steps = []
+        self.implicit = []
+        self.jobs = []
+        self.nodes = []
+        self.nodes_fresh = True
+        greeting = self.link.c.greeting
+        assert "QMP" in greeting, greeting
+
+    def play(self, op):
+        link = self.link
+        link.out = []
+        msg = resolve({k: v for k, v in op.items() if k[0] != "_"},
+                      self.implicit, self.img)
+        link.send(msg)
+        # the op's own reply (events may come first)
+        while not any("return" in m or "error" in m for m in link.out):
+            link.recv(TIMEOUT)
+        self.jobs = settle(link)
+        # (qsd 7.2 crashes in query-named-block-nodes while a stream job
+        # is concluded and not dismissed: the node list waits until then)
+        self.nodes_fresh = not any(j["status"] == "concluded"
+                                   for j in self.jobs)
+        if self.nodes_fresh:
+            self.nodes = link.poll("query-named-block-nodes", {"flat": True})
+        self.implicit = [n["node-name"] for n in self.nodes
+                         if n["node-name"].startswith("#")]
+        out = [self.norm(m) for m in link.out]
+        self.steps.append(out)
+        return out
+
+    def reply(self):
+        """The reply of the last step."""
+        for m in self.steps[-1]:
+            if "return" in m or "error" in m:
+                return m
+        return None
+
+
+class SessionError(AssertionError):
+    """A session that could not be played to its end (a daemon hung up, a
+    job never settled); carries the ops played so far."""
+
+    def __init__(self, text, ops, kind):
+        super().__init__(text)
+        self.ops, self.kind = ops, kind
+
+
+def run_session(ops_or_gen, chains, root, kind):
+    """Plays a session on qsd ("qsd") or blockjobd ("ours") in root/img;
+    returns (ops played, steps, image facts)."""
+    img = os.path.join(root, "img")
+    shutil.rmtree(img, ignore_errors=True)
+    os.makedirs(img)
+    build_chains(chains, img)
+    wd = os.path.join(root, kind)
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    ops = []
+    with (QSD(workdir=wd) if kind == "qsd" else Daemon(workdir=wd)) as d:
+        p = Player(d, img)
+        p.play({"execute": "qmp_capabilities"})
+        ops.append({"execute": "qmp_capabilities"})
+        source = ops_or_gen(p, img) if callable(ops_or_gen) \
+            else ops_or_gen[1:]
+        try:
+            for op in source:
+                ops.append(op)
+                p.play(op)
+        except (AssertionError, EOFError, OSError) as e:
+            raise SessionError("%s: %s after %s\n%s\ndaemon log:\n%s" % (
+                kind, e, json.dumps(ops[-1]),
+                "\n".join(map(json.dumps, p.link.out)),
+                d.logtext()[-3000:] + " (exit %r)" % d.proc.poll()),
+                ops, kind) from e
+        p.link.c.close()
+    facts = image_facts(img, chains, os.path.join(root, "flat-" + kind))
+    return ops, p.steps, facts
+
+
+# ---- the generator -----------------------------------------------------------
+
+ON_ERROR = ["report", "ignore", "enospc", "stop", "auto"]
+
+# Differences found and reported but not fixed yet: the generator steers
+# clear of them so that sessions get past them (SESSIONS_AVOID="" shows
+# them again; SESSIONS_AVOID="a,b" avoids only those).
+KNOWN = {
+    # block-stream 'base' given as the backing name relative to the
+    # overlay (as the header has it) is not found
+    "relative-base",
+    # query-jobs and query-block-jobs list the newest job first in qsd
+    "job-order",
+    # blockdev-add reports the first error in QEMU's order: the file child
+    # is opened first, then force-share, detect-zeroes, node-name checks
+    "add-error-order",
+    # a concluded job (auto-dismiss false) keeps its nodes blocked until
+    # it is dismissed
+    "concluded-claims",
+    # block-stream of a protocol node under a format node: permission
+    # conflict in qsd
+    "stream-protocol-node",
+    # detect-zeroes=unmap without discard=unmap is refused by qsd
+    "detect-zeroes-unmap",
+    # "cache": {} is refused by qsd (an empty dict no driver consumes)
+    "cache-empty",
+    # errors opening a nested 'backing' definition lack the prefix "Could
+    # not open backing file: "
+    "nested-backing-prefix",
+    # a read-write format node over a read-only file node: "Block node is
+    # read-only" in qsd
+    "readonly-file-child",
+    # block-stream whose read-write reopen of a read-only top fails leaves
+    # the top read-write
+    "failed-reopen-ro",
+    # raw 'size': the node's filename becomes json:{...} in qsd, and the
+    # size error quotes the file length rounded up to 512
+    "raw-size",
+}
+SPEEDS = [0, 0, 1, 1, 1, 512, 4096, 8192]
+
+
+class Gen:
+    """Chooses the next command from the state qsd's replies left (the
+    generated ops are then replayed as they are on blockjobd)."""
+
+    def __init__(self, rng, chains, nops):
+        self.rng, self.chains, self.nops = rng, chains, nops
+        self.named = {}  # node name -> {"kind", "chain", "layer"}
+        env = os.environ.get("SESSIONS_AVOID")
+        self.avoid = KNOWN if env is None else set(filter(None,
+                                                          env.split(",")))
+        self.job_ids = []  # every id block-stream was given
+        self.njob = self.nfilter = 0
+
+    # -- state --
+
+    def path(self, k, i):
+        return os.path.join(IMG, self.chains[k][i]["file"])
+
+    def live_nodes(self):
+        return [n["node-name"] for n in self.p.nodes]
+
+    def live_jobs(self):
+        return [j["device"] for j in self.p.jobs]
+
+    def ok(self):
+        r = self.p.reply()
+        return r is not None and "return" in r
+
+    def pick(self, *weighted):
+        """pick((w, value), ...) -> a value."""
+        total = sum(w for w, _ in weighted)
+        x = self.rng.uniform(0, total)
+        for w, v in weighted:
+            x -= w
+            if x <= 0:
+                return v
+        return weighted[-1][1]
+
+    def chance(self, p):
+        return self.rng.random() < p
+
+    def implicit_ref(self, formats=False):
+        """An implicit node (formats: only qcow2/raw ones)."""
+        idx = [k for k, n in enumerate(self.p.implicit)
+               if not formats or self.drv(n) in ("qcow2", "raw")]
+        if not idx:
+            return "#block123"
+        return {"$implicit": self.rng.choice(idx)}
+
+    def file_users(self, path):
+        """Nodes of the file driver open on `path` (a path with IMG)."""
+        real = path.replace(IMG, self.img)
+        return [n["node-name"] for n in self.p.nodes
+                if n["drv"] == "file" and n["image"]["filename"] == real]
+
+    def node_info(self, name):
+        for n in self.p.nodes:
+            if n["node-name"] == name:
+                return n
+        return None
+
+    def drv(self, name):
+        for n in self.p.nodes:
+            if n["node-name"] == name:
+                return n["drv"]
+        return None
+
+    def any_node(self):
+        """A node name for a command: named nodes mostly."""
+        live = [n for n in self.live_nodes() if not n.startswith("#")]
+        return self.pick((8, self.rng.choice(live) if live else "nonode"),
+                         (2, self.implicit_ref()), (1, "nonode"))
+
+    # -- the session --
+
+    def __call__(self, player, img):
+        self.p, self.img = player, img
+        for k in range(len(self.chains)):
+            for op in self.add_chain(k):
+                yield op
+                self.after(op)
+        for _ in range(self.nops):
+            for op in self.next_ops():
+                yield op
+                self.after(op)
+        # The end: jobs the user still has are cancelled, finalized and
+        # dismissed (qsd 7.2 crashes at exit while a job is concluded).
+        for _ in range(4):
+            ends = []
+            for j in self.p.jobs:
+                verb = {"pending": "job-finalize",
+                        "concluded": "job-dismiss"}.get(j["status"],
+                                                       "job-cancel")
+                ends.append({"execute": verb,
+                             "arguments": {"id": j["device"]}})
+            for op in ends:
+                yield op
+        for op in ({"execute": "query-block-jobs"},
+                   {"execute": "query-jobs"},
+                   {"execute": "query-named-block-nodes"}):
+            yield op
+
+    def after(self, op):
+        args = op.get("arguments") or {}
+        if op["execute"] == "blockdev-add" and self.ok():
+            self.named[args["node-name"]] = op.get("_meta", {})
+            f = args.get("file")
+            if isinstance(f, dict) and "node-name" in f:
+                self.named[f["node-name"]] = {"kind": "file"}
+        if op["execute"] == "blockdev-del" and self.ok():
+            self.named.pop(args.get("node-name"), None)
+        op.pop("_meta", None)
+        if self.p.nodes_fresh:
+            live = set(self.live_nodes())
+            for n in list(self.named):
+                if n not in live:
+                    del self.named[n]
+
+    def known_names(self):
+        """Node names in use (the node list is not refreshed while a job
+        is concluded: the names this session added count too)."""
+        return set(self.live_nodes()) | set(self.named)
+
+    def next_ops(self):
+        choices = [(10, self.add_layer_ops), (4, self.bad_add_ops),
+                   (5, self.del_ops), (16, self.stream_ops),
+                   (6, self.bad_stream_ops), (20, self.verb_ops),
+                   (5, self.speed_ops), (10, self.query_ops),
+                   (4, self.misc_ops)]
+        if "concluded-claims" in self.avoid and self.concluded():
+            choices = [c for c in choices if c[1] not in (
+                self.del_ops, self.stream_ops, self.bad_stream_ops)]
+        while True:
+            # (ops come one at a time: each is made after the one before
+            # was played)
+            it = iter(self.pick(*choices)())
+            first = next(it, None)
+            if first is not None:
+                yield first
+                yield from it
+                return
+
+    def job_lists_differ(self):
+        return "job-order" in self.avoid and len(self.p.jobs) > 1
+
+    # -- blockdev-add --
+
+    def add_chain(self, k):
+        """How a user adds a chain: every layer with explicit backing
+        references, or only the top (implicit backing), or a mix."""
+        layers = self.chains[k]
+        style = self.pick((4, "explicit"), (3, "top"), (2, "mixed"))
+        if style == "explicit":
+            idx = range(len(layers))
+        elif style == "top":
+            idx = [len(layers) - 1]
+        else:
+            idx = sorted(set([self.rng.randrange(len(layers)),
+                              len(layers) - 1]))
+        for i in idx:
+            yield from self.add_layer(k, i, explicit=style == "explicit")
+
+    def add_layer_ops(self):
+        k = self.rng.randrange(len(self.chains))
+        i = self.rng.randrange(len(self.chains[k]))
+        return self.add_layer(k, i)
+
+    def add_layer(self, k, i, explicit=False):
+        l = self.chains[k][i]
+        name = "c%dl%d" % (k, i)
+        if "add-error-order" in self.avoid and name in self.known_names():
+            return
+        args = {"driver": l["fmt"], "node-name": name}
+        fname = "c%df%d" % (k, i)
+        ro_file = False
+        if self.chance(0.2) and fname not in self.named:
+            fop = {"driver": "file", "node-name": fname,
+                   "filename": self.path(k, i)}
+            if self.chance(0.2):
+                fop["read-only"] = ro_file = True
+            yield {"execute": "blockdev-add", "arguments": fop,
+                   "_meta": {"kind": "file"}}
+            args["file"] = fname
+        elif fname in self.named and self.chance(0.5):
+            args["file"] = fname
+            ro_file = bool((self.node_info(fname) or {}).get("ro"))
+        else:
+            args["file"] = {"driver": "file", "filename": self.path(k, i)}
+            if self.chance(0.15) and not (
+                    "add-error-order" in self.avoid and
+                    fname in self.known_names()):
+                args["file"]["node-name"] = fname
+            if self.chance(0.1):
+                args["file"]["aio"] = self.rng.choice(["threads", "native"])
+            if self.chance(0.1):
+                args["file"]["locking"] = self.rng.choice(["auto", "on",
+                                                           "off"])
+        if l["fmt"] == "qcow2" and i > 0:
+            below = "c%dl%d" % (k, i - 1)
+            choice = self.pick((8 if explicit else 3, "ref"), (3, "omit"),
+                               (1, "null"), (1, "nested"))
+            if choice == "ref" and below in self.named:
+                args["backing"] = below
+            elif choice == "null":
+                args["backing"] = None
+            elif choice == "nested" and not (
+                    "nested-backing-prefix" in self.avoid and
+                    any(self.file_users(self.path(k, j)) for j in range(i))):
+                bl = self.chains[k][i - 1]
+                args["backing"] = {"driver": bl["fmt"], "file": {
+                    "driver": "file", "filename": self.path(k, i - 1)}}
+        elif l["fmt"] == "qcow2" and self.chance(0.1):
+            args["backing"] = None
+        if self.chance(0.1):
+            args["read-only"] = self.chance(0.8)
+        if self.chance(0.05):
+            args["auto-read-only"] = self.chance(0.5)
+        if self.chance(0.1):
+            cache = {}
+            if self.chance(0.6):
+                cache["direct"] = self.chance(0.5)
+            if self.chance(0.6):
+                cache["no-flush"] = self.chance(0.5)
+            if cache or "cache-empty" not in self.avoid:
+                args["cache"] = cache
+        if self.chance(0.08):
+            args["discard"] = self.rng.choice(["ignore", "unmap"])
+        if self.chance(0.08):
+            args["detect-zeroes"] = self.rng.choice(["off", "on", "unmap"])
+            if "detect-zeroes-unmap" in self.avoid and \
+                    args["detect-zeroes"] == "unmap" and \
+                    args.get("discard") != "unmap":
+                args["discard"] = "unmap"
+        if self.chance(0.04):
+            args["force-share"] = True
+        if l["fmt"] == "qcow2" and self.chance(0.06):
+            opt = self.rng.choice([
+                ("lazy-refcounts", True), ("cache-size", 1 * MiB),
+                ("l2-cache-size", 65536), ("cache-clean-interval", 0),
+                ("pass-discard-request", False),
+                ("overlap-check", "none")])
+            args[opt[0]] = opt[1]
+        if l["fmt"] == "raw" and self.chance(0.1) and \
+                "raw-size" not in self.avoid:
+            args["size"] = min(l["size"], MiB)
+            if self.chance(0.5):
+                args["offset"] = 0
+        if ro_file and "readonly-file-child" in self.avoid and \
+                not args.get("read-only"):
+            args["read-only"] = True
+        yield {"execute": "blockdev-add", "arguments": args,
+               "_meta": {"kind": "fmt", "chain": k, "layer": i}}
+
+    def bad_add_ops(self):
+        k = self.rng.randrange(len(self.chains))
+        i = self.rng.randrange(len(self.chains[k]))
+        l = self.chains[k][i]
+        path = self.path(k, i)
+        live = self.known_names()
+        fresh = [n for n in ("x%d" % j for j in range(9)) if n not in live]
+        good = {"driver": l["fmt"], "node-name": fresh[0] if fresh else "x9",
+                "file": {"driver": "file", "filename": path}}
+        bad = self.rng.choice([
+            dict(good, driver="nosuch"),
+            {"node-name": "x1", "file": good["file"]},
+            {"driver": "qcow2", "node-name": "x1"},
+            dict(good, file="nonode"),
+            dict(good, file={"driver": "file",
+                             "filename": path + ".missing"}),
+            dict(good, **{"node-name": "1abc"}),
+            dict(good, **{"node-name": "#x"}),
+            dict(good, **{"node-name": "n" * 32}),
+            dict(good, **{"node-name": self.any_node()})
+            if "add-error-order" not in self.avoid else good,
+            {k2: v for k2, v in good.items() if k2 != "node-name"},
+            dict(good, bogus=1),
+            dict(good, **{"read-only": "yes"}),
+            dict(good, cache={"direct": "on"}),
+            dict(good, cache={"bogus": True}),
+            dict(good, cache={}) if "cache-empty" not in self.avoid
+            else good,
+            dict(good, driver="qcow2" if l["fmt"] == "raw" else "raw"),
+            dict(good, file={"driver": "file", "filename": 5}),
+            dict(good, file={"driver": "file"}),
+            dict(good, discard="bogus"),
+            dict(good, **{"detect-zeroes": "unmap"})
+            if "detect-zeroes-unmap" not in self.avoid else good,
+            dict(good, **{"detect-zeroes": "unmap", "discard": "unmap"}),
+            dict(good, **{"force-share": True}),
+            dict(good, **{"force-share": True, "read-only": True}),
+            dict(good, backing="nonode")
+            if "nested-backing-prefix" not in self.avoid else good,
+            dict(good, backing=5),
+            dict(good, **{"aio": "native"}),
+            dict(good, file={"driver": "file", "filename": path,
+                             "aio": "native"}),
+            dict(good, file={"driver": "file", "filename": path,
+                             "aio": "native", "cache": {"direct": True}}),
+            dict(good, file={"driver": "file", "filename": path,
+                             "locking": "maybe"}),
+            dict(good, **{"auto-read-only": 1}),
+            dict(good, cache={"direct": True}),
+        ])
+        return [{"execute": "blockdev-add", "arguments": bad}]
+
+    # -- blockdev-del --
+
+    def del_ops(self):
+        live = self.live_nodes()
+        named = [n for n in live if not n.startswith("#")]
+        target = self.pick((6, self.rng.choice(named) if named else "nonode"),
+                           (2, self.implicit_ref()), (1, "nonode"),
+                           (1, ""))
+        return [{"execute": "blockdev-del",
+                 "arguments": {"node-name": target}}]
+
+    # -- block-stream --
+
+    def fmt_nodes(self):
+        return [n for n, m in self.named.items() if m.get("kind") == "fmt"]
+
+    def chain_below(self, top):
+        """Node names below `top` in its chain (as the flat list shows
+        them: backing_file names are filenames, so walk our own map)."""
+        m = self.named.get(top, {})
+        if "chain" not in m:
+            return []
+        return ["c%dl%d" % (m["chain"], i) for i in range(m["layer"])]
+
+    def job_id(self):
+        self.njob += 1
+        fresh = "j%d" % self.njob
+        live = self.live_jobs()
+        jid = self.pick((20, fresh), (1, None), (1, "1j"), (1, ""),
+                        (2, self.rng.choice(live) if live else fresh),
+                        (1, self.rng.choice(self.job_ids) if self.job_ids
+                         else fresh))
+        return jid
+
+    def stream_ops(self):
+        fmts = self.fmt_nodes()
+        if "stream-protocol-node" in self.avoid:
+            device = self.pick(
+                (12, self.rng.choice(fmts) if fmts else "nonode"),
+                (1, self.implicit_ref(formats=True)))
+        else:
+            device = self.pick(
+                (12, self.rng.choice(fmts) if fmts else "nonode"),
+                (1, self.implicit_ref()), (1, self.any_node()))
+        if "failed-reopen-ro" in self.avoid and isinstance(device, str):
+            info = self.node_info(device)
+            m = self.named.get(device, {})
+            if info and info["ro"] and "chain" in m and len(self.file_users(
+                    self.path(m["chain"], m["layer"]))) > 1:
+                return []
+        args = {"device": device}
+        jid = self.job_id()
+        if jid is not None:
+            args["job-id"] = jid
+            self.job_ids.append(jid)
+        below = self.chain_below(device) if isinstance(device, str) else []
+        r = self.rng.random()
+        if r < 0.25 and below:
+            args["base-node"] = self.rng.choice(below)
+        elif r < 0.35 and below:
+            args["bottom"] = self.rng.choice(below + [device])
+        elif r < 0.45 and below:
+            m = self.named[device]
+            i = self.rng.randrange(m["layer"])
+            f = self.chains[m["chain"]][i]["file"]
+            args["base"] = os.path.join(IMG, f)
+            if "relative-base" not in self.avoid and self.chance(0.5):
+                args["base"] = f
+        if self.chance(0.15):
+            args["backing-file"] = self.rng.choice(
+                ["other.qcow2", "c0l0.qcow2", os.path.join(IMG, "x"),
+                 ""])
+        if self.chance(0.6):
+            args["speed"] = self.rng.choice(SPEEDS)
+        if self.chance(0.25):
+            args["on-error"] = self.rng.choice(ON_ERROR)
+        if self.chance(0.15):
+            self.nfilter += 1
+            args["filter-node-name"] = "cor%d" % self.nfilter
+        if self.chance(0.25):
+            args["auto-finalize"] = self.chance(0.5)
+        if self.chance(0.25):
+            args["auto-dismiss"] = self.chance(0.5)
+        if self.chance(0.1):
+            keys = list(args)
+            self.rng.shuffle(keys)
+            args = {k: args[k] for k in keys}
+        return [{"execute": "block-stream", "arguments": args}]
+
+    def bad_stream_ops(self):
+        fmts = self.fmt_nodes()
+        dev = self.rng.choice(fmts) if fmts else "nonode"
+        below = self.chain_below(dev)
+        b = self.rng.choice(below) if below else dev
+        self.njob += 1
+        jid = "j%d" % self.njob
+        base = {"device": dev, "job-id": jid}
+        args = self.rng.choice([
+            dict(base, device="nonode"),
+            dict(base, base="x", **{"base-node": b}),
+            dict(base, base="x", bottom=b),
+            dict(base, bottom=b, **{"base-node": b}),
+            dict(base, **{"base-node": "nonode"}),
+            dict(base, bottom="nonode"),
+            dict(base, base="/nonexistent.img"),
+            dict(base, **{"base-node": dev}),
+            dict(base, **{"base-node": self.any_node()}),
+            dict(base, bottom=self.any_node()),
+            dict(base, **{"backing-file": "x"}),
+            dict(base, **{"backing-file": "x", "bottom": b}),
+            dict(base, speed=-1),
+            dict(base, speed="fast"),
+            dict(base, speed=1.5),
+            dict(base, **{"on-error": "bogus"}),
+            dict(base, **{"filter-node-name": dev}),
+            dict(base, **{"filter-node-name": "#bad"}),
+            dict(base, **{"filter-node-name": "f" * 32}),
+            dict(base, **{"filter-node-name": ""}),
+            dict(base, **{"job-id": "1j", "filter-node-name": dev}),
+            dict(base, **{"auto-finalize": "yes"}),
+            dict(base, **{"job-id": 7}),
+            dict(base, device=None),
+            {"job-id": jid},
+            dict(base, bogus=True),
+            dict(base, **{"job-id": "a" * 200, "speed": 1}),
+        ])
+        return [{"execute": "block-stream", "arguments": args}]
+
+    # -- jobs --
+
+    def some_job(self):
+        live = self.live_jobs()
+        return self.pick((10, self.rng.choice(live) if live else "nojob"),
+                         (2, self.rng.choice(self.job_ids) if self.job_ids
+                          else "nojob"), (1, "nojob"))
+
+    def verb_ops(self):
+        jid = self.some_job()
+        cmd = self.pick(
+            (4, "block-job-pause"), (4, "block-job-resume"),
+            (4, "block-job-cancel"), (1, "block-job-complete"),
+            (2, "block-job-finalize"), (2, "block-job-dismiss"),
+            (3, "job-pause"), (3, "job-resume"), (3, "job-cancel"),
+            (1, "job-complete"), (2, "job-finalize"), (2, "job-dismiss"))
+        if cmd in ("block-job-finalize", "block-job-dismiss") or \
+                cmd.startswith("job-"):
+            args = {"id": jid}
+        else:
+            args = {"device": jid}
+        if cmd == "block-job-cancel" and self.chance(0.5):
+            args["force"] = self.chance(0.5)
+        return [{"execute": cmd, "arguments": args}]
+
+    def speed_ops(self):
+        jid = self.some_job()
+        speed = self.pick((3, 0), (3, 1), (1, 4096), (1, -1), (1, 2048))
+        return [{"execute": "block-job-set-speed",
+                 "arguments": {"device": jid, "speed": speed}}]
+
+    def concluded(self):
+        return any(j["status"] == "concluded" for j in self.p.jobs)
+
+    def query_ops(self):
+        if self.concluded():
+            if self.job_lists_differ():
+                return []
+            return [self.rng.choice([{"execute": "query-block-jobs"},
+                                     {"execute": "query-jobs"}])]
+        if self.job_lists_differ():
+            return [self.rng.choice([
+                {"execute": "query-named-block-nodes"},
+                {"execute": "query-named-block-nodes",
+                 "arguments": {"flat": True}}])]
+        return [self.rng.choice([
+            {"execute": "query-block-jobs"},
+            {"execute": "query-jobs"},
+            {"execute": "query-named-block-nodes"},
+            {"execute": "query-named-block-nodes",
+             "arguments": {"flat": True}},
+            {"execute": "query-named-block-nodes",
+             "arguments": {"flat": False}},
+        ])]
+
+    def misc_ops(self):
+        jid = self.some_job()
+        op = self.rng.choice([
+            {"execute": "qmp_capabilities"},
+            {"execute": "nosuch-command"},
+            {"execute": "query-version", "id": "v1"},
+            {"execute": "block-job-set-speed",
+             "arguments": {"device": jid, "speed": "fast"}},
+            {"execute": "block-job-set-speed", "arguments": {"device": jid}},
+            {"execute": "block-job-cancel",
+             "arguments": {"device": jid, "force": "yes"}},
+            {"execute": "block-job-pause", "arguments": {"device": 5}},
+            {"execute": "block-job-pause", "arguments": {}},
+            {"execute": "job-pause", "arguments": {"id": None}},
+            {"execute": "job-cancel", "arguments": {"id": jid, "x": 1}},
+            {"execute": "query-jobs", "arguments": {"x": 1}},
+            {"execute": "query-block-jobs", "arguments": {}},
+            {"execute": "query-named-block-nodes",
+             "arguments": {"flat": "yes"}},
+            {"execute": "blockdev-del", "arguments": {"node-name": 1}},
+            {"execute": "blockdev-del"},
+            {"execute": "block-job-dismiss", "arguments": {"device": jid}},
+            {"execute": "job-dismiss", "arguments": {"id": jid},
+             "id": {"n": 1}},
+        ])
+        if op["execute"] == "query-block-jobs" and self.job_lists_differ():
+            return []
+        return [op]
+
+
+# ---- running and comparing ---------------------------------------------------
+
+
+def session_spec(seed, nops):
+    rng = random.Random(seed)
+    chains = gen_chains(rng)
+    return chains, Gen(rng, chains, nops)
+
+
+def play_pair(chains, ops_or_gen):
+    """Plays on qsd (generating the ops when a Gen is given), then the
+    same ops on blockjobd. Returns (ops, differences)."""
+    root = tempfile.mkdtemp(prefix="sess-")
+    try:
+        ops, qsteps, qfacts = run_session(ops_or_gen, chains, root, "qsd")
+        ops2, osteps, ofacts = run_session(ops, chains, root, "ours")
+        compare_data(chains, os.path.join(root, "flat-qsd"),
+                     os.path.join(root, "flat-ours"), ofacts)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    diffs = []
+    for i, (q, o) in enumerate(zip(qsteps, osteps)):
+        if q != o:
+            diffs.append((i, ops[i], q, o))
+    for name in qfacts:
+        if qfacts[name] != ofacts[name]:
+            keys = [k for k in qfacts[name]
+                    if qfacts[name][k] != ofacts[name].get(k)]
+            diffs.append(("image", name,
+                          {k: qfacts[name][k] for k in keys},
+                          {k: ofacts[name].get(k) for k in keys}))
+    return ops, diffs
+
+
+def jdiff(a, b, path="", out=None):
+    """Where two JSON values differ: ["path: a | b", ...]."""
+    out = [] if out is None else out
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b) and set(a) == set(b):
+            out.append("%s: member order %s | %s" % (path, list(a), list(b)))
+        for k in a:
+            if k in b:
+                jdiff(a[k], b[k], "%s.%s" % (path, k), out)
+            else:
+                out.append("%s.%s: %s | (absent)" % (path, k,
+                                                     json.dumps(a[k])))
+        for k in b:
+            if k not in a:
+                out.append("%s.%s: (absent) | %s" % (path, k,
+                                                     json.dumps(b[k])))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            jdiff(x, y, "%s[%d]" % (path, i), out)
+    elif a != b:
+        out.append("%s: %s | %s" % (path, json.dumps(a)[:300],
+                                    json.dumps(b)[:300]))
+    return out
+
+
+def show(diffs, limit=3):
+    lines = []
+    for d in diffs[:limit]:
+        if d[0] == "error":
+            lines.append("session failed: " + d[1])
+        elif d[0] == "image":
+            lines.append("image %s:\n  qsd:  %s\n  ours: %s" % (
+                d[1], json.dumps(d[2]), json.dumps(d[3])))
+        else:
+            i, op, q, o = d
+            where = jdiff(q, o)
+            short = lambda ms: "\n        ".join(
+                json.dumps(m) if len(json.dumps(m)) < 400 else
+                json.dumps(m)[:400] + "..." for m in ms)
+            lines.append("step %d %s\n  qsd:  %s\n  ours: %s\n  diff (qsd | ours): %s" % (
+                i, json.dumps(op), short(q), short(o),
+                "\n    ".join(where[:8])))
+    if len(diffs) > limit:
+        lines.append("... %d more differences" % (len(diffs) - limit))
+    return "\n".join(lines)
+
+
+def first_key(diffs):
+    d = diffs[0]
+    if d[0] == "error":
+        return ("error", d[1].split("\n")[0])
+    return ("image", d[1]) if d[0] == "image" else ("step", json.dumps(d[1]))
+
+
+def shrink(chains, ops, diffs):
+    """Reduces a failing session to the commands its first difference
+    needs: the commands after the differing one go, then blocks of
+    commands (halves, quarters, ... single ones) are dropped as long as
+    the first difference stays at the same command (or image, or
+    failure)."""
+    key = first_key(diffs)
+
+    def cut(trial):
+        if key[0] != "step":
+            return trial
+        idx = [json.dumps(o) for o in trial]
+        if key[1] not in idx:
+            return None
+        return trial[:idx.index(key[1]) + 1]
+
+    def fails(trial):
+        try:
+            _, d2 = play_pair(chains, trial)
+        except SessionError as e:
+            d2 = [("error", str(e))]
+        return d2 if d2 and first_key(d2) == key else None
+
+    ops = cut(list(ops)) or list(ops)
+    size = max(1, (len(ops) - 1) // 2)
+    while True:
+        i = len(ops)
+        while i > 1:
+            lo = max(1, i - size)
+            trial = cut(ops[:lo] + ops[i:])
+            d2 = fails(trial) if trial and len(trial) < len(ops) else None
+            if d2:
+                ops, diffs = trial, d2
+                i = min(lo, len(ops))
+            else:
+                i = lo
+        if size == 1:
+            return ops, diffs
+        size = max(1, size // 2)
+
+
+def parse_seeds(text):
+    seeds = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            seeds += range(int(a), int(b) + 1)
+        elif part.strip():
+            seeds.append(int(part))
+    return seeds
+
+
+def run_seeds(seeds, nops):
+    failed, skipped = [], []
+    t0 = time.monotonic()
+    for seed in seeds:
+        chains, gen = session_spec(seed, nops)
+        try:
+            ops, diffs = play_pair(chains, gen)
+        except SessionError as e:
+            if e.kind == "qsd":
+                # not comparable: the generator should not go there
+                print("seed %d: qsd failed, skipped: %s" % (seed, e))
+                skipped.append(seed)
+                continue
+            ops, diffs = e.ops, [("error", str(e))]
+        print("seed %d: %d commands, %s (%.1fs)" % (
+            seed, len(ops), "%d differences" % len(diffs) if diffs else
+            "same", time.monotonic() - t0), flush=True)
+        if not diffs:
+            continue
+        failed.append(seed)
+        print(show(diffs))
+        if os.environ.get("SESSIONS_SHRINK") == "1":
+            ops, diffs = shrink(chains, ops, diffs)
+            print("reduced to %d commands:" % len(ops))
+            for op in ops:
+                print("  " + json.dumps(op))
+            print(show(diffs, 1))
+        out = os.path.join(tempfile.gettempdir(),
+                           "session-%d.json" % seed)
+        with open(out, "w") as f:
+            json.dump({"seed": seed, "chains": chains, "ops": ops}, f)
+        print("replay: SESSIONS_REPLAY=%s" % out, flush=True)
+        if os.environ.get("SESSIONS_KEEP_GOING") != "1":
+            break
+    print("%d sessions, %d differ, %d not comparable (qsd failed)" % (
+        len(seeds), len(failed), len(skipped)))
+    return failed
+
+
+def test_sessions():
+    require("qemu-storage-daemon", "qemu-img", "qemu-io")
+    replay = os.environ.get("SESSIONS_REPLAY")
+    if replay:
+        with open(replay) as f:
+            s = json.load(f)
+        ops, diffs = play_pair(s["chains"], s["ops"])
+        if diffs and os.environ.get("SESSIONS_SHRINK") == "1":
+            ops, diffs = shrink(s["chains"], ops, diffs)
+            for op in ops:
+                print("  " + json.dumps(op))
+        assert not diffs, show(diffs)
+        return
+    seeds = parse_seeds(os.environ.get("SESSIONS_SEEDS", "")) or CHECK_SEEDS
+    nops = int(os.environ.get("SESSIONS_OPS", DEFAULT_OPS))
+    failed = run_seeds(seeds, nops)
+    assert not failed, "sessions differ for seeds %s" % failed
+
+
+if __name__ == "__main__":
+    Runner(globals()).run()
