@@ -510,9 +510,26 @@ ON_ERROR = ["report", "ignore", "enospc", "stop", "auto"]
 # clear of them so that sessions get past them (SESSIONS_AVOID="" shows
 # them again; SESSIONS_AVOID="a,b" avoids only those).
 KNOWN = {
-    # block-stream 'base' given as the backing name relative to the
-    # overlay (as the header has it) is not found
-    "relative-base",
+    # block-stream 'base' is looked up as QEMU's bdrv_find_backing_image()
+    # does: against each node's filename (json:{...} for a node whose
+    # backing was given by reference: not found by its path in qsd) and
+    # the overlay's backing name relative to the overlay (found in qsd)
+    "base-lookup",
+    # a stream with a base writes the base node's filename into the
+    # header: json:{...} when the base's own backing was given by
+    # reference
+    "base-json-name",
+    # block-job-set-speed to a higher speed wakes a job sleeping in its
+    # rate limit: qsd computes the delay again and sleeps on, blockjobd
+    # lets the next chunk through
+    "set-speed-wakes",
+    # value checks of driver options: qcow2 cache-size < 0 ("expects a
+    # non-negative number below 2^64"), cache-clean-interval < 0 ("Cache
+    # clean interval too big"), encrypt on a plain image, raw size/offset
+    # < 0 (text), blkdebug align 3 ("Cannot meet constraints with align
+    # 3"), file filename "" ("The 'file' block driver requires a file
+    # name"), pr-manager ("No persistent reservation manager with id")
+    "option-checks",
     # query-jobs and query-block-jobs list the newest job first in qsd
     "job-order",
     # blockdev-add reports the first error in QEMU's order: the file child
@@ -899,7 +916,19 @@ class Gen:
                              "locking": "maybe"}),
             dict(good, **{"auto-read-only": 1}),
             dict(good, cache={"direct": True}),
-        ])
+        ] + ([] if "option-checks" in self.avoid else [
+            dict(good, driver="qcow2", **{"cache-size": -1}),
+            dict(good, driver="qcow2", **{"cache-clean-interval": -1}),
+            dict(good, driver="qcow2", encrypt={"format": "luks"}),
+            dict(good, driver="raw", size=-1),
+            dict(good, driver="raw", offset=-512),
+            {"driver": "blkdebug", "node-name": good["node-name"],
+             "image": good["file"], "align": 3},
+            {"driver": "file", "node-name": good["node-name"],
+             "filename": ""},
+            {"driver": "file", "node-name": good["node-name"],
+             "filename": path, "pr-manager": "x"},
+        ]))
         return [{"execute": "blockdev-add", "arguments": bad}]
 
     # -- blockdev-del --
@@ -956,6 +985,29 @@ class Gen:
                 return False
         return True
 
+    def json_in_chain(self, device):
+        """Whether a node at or below `device` has a json: filename (as
+        far as the node list tells: backing_file names the next one)."""
+        info = self.node_info(resolve(device, self.p.implicit, self.img))
+        while info:
+            if info["image"]["filename"].startswith("json:"):
+                return True
+            below = info.get("backing_file")
+            if not below:
+                return False
+            if below.startswith("json:"):
+                return True
+            info = next((n for n in self.p.nodes
+                         if n["image"]["filename"] == below and
+                         n["drv"] != "file"), None)
+        return False
+
+    def base_by_name_ok(self, device):
+        """'base' as a path finds the node in both daemons (see
+        base-lookup) only along plain filenames."""
+        return "base-lookup" not in self.avoid or \
+            not self.json_in_chain(device)
+
     def stream_ops(self):
         fmts = self.fmt_nodes()
         if "stream-protocol-node" in self.avoid:
@@ -974,17 +1026,19 @@ class Gen:
             args["job-id"] = jid
             self.job_ids.append(jid)
         below = self.chain_below(device) if isinstance(device, str) else []
+        if "base-json-name" in self.avoid and self.json_in_chain(device):
+            below = []
         r = self.rng.random()
         if r < 0.25 and below:
             args["base-node"] = self.rng.choice(below)
         elif r < 0.35 and below:
             args["bottom"] = self.rng.choice(below + [device])
-        elif r < 0.45 and below:
+        elif r < 0.45 and below and self.base_by_name_ok(device):
             m = self.named[device]
             i = self.rng.randrange(m["layer"])
             f = self.chains[m["chain"]][i]["file"]
             args["base"] = os.path.join(IMG, f)
-            if "relative-base" not in self.avoid and self.chance(0.5):
+            if "base-lookup" not in self.avoid and self.chance(0.5):
                 args["base"] = f
         if self.chance(0.15):
             args["backing-file"] = self.rng.choice(
@@ -1075,6 +1129,10 @@ class Gen:
     def speed_ops(self):
         jid = self.some_job()
         speed = self.pick((3, 0), (3, 1), (1, 4096), (1, -1), (1, 2048))
+        if "set-speed-wakes" in self.avoid and speed > 0 and any(
+                j["device"] == jid and j["status"] == "running"
+                for j in self.p.jobs):
+            speed = self.rng.choice([0, -1])
         return [{"execute": "block-job-set-speed",
                  "arguments": {"device": jid, "speed": speed}}]
 
@@ -1222,11 +1280,16 @@ def show(diffs, limit=3):
     return "\n".join(lines)
 
 
-def first_key(diffs):
+def first_key(diffs, idx):
+    """What identifies the first difference across reductions: the
+    command (by its index in the unreduced session), the image, or how
+    the session failed. idx: the unreduced index of each command."""
     d = diffs[0]
     if d[0] == "error":
         return ("error", d[1].split("\n")[0])
-    return ("image", d[1]) if d[0] == "image" else ("step", json.dumps(d[1]))
+    if d[0] == "image":
+        return ("image", d[1])
+    return ("step", idx[d[0]])
 
 
 def shrink(chains, ops, diffs):
@@ -1235,38 +1298,40 @@ def shrink(chains, ops, diffs):
     commands (halves, quarters, ... single ones) are dropped as long as
     the first difference stays at the same command (or image, or
     failure)."""
-    key = first_key(diffs)
+    key = first_key(diffs, range(len(ops)))
 
     def cut(trial):
-        if key[0] != "step":
-            return trial
-        idx = [json.dumps(o) for o in trial]
-        if key[1] not in idx:
-            return None
-        return trial[:idx.index(key[1]) + 1]
+        if key[0] == "step" and key[1] in trial:
+            return trial[:trial.index(key[1]) + 1]
+        return None if key[0] == "step" else trial
 
     def fails(trial):
         try:
-            _, d2 = play_pair(chains, trial)
+            _, d2 = play_pair(chains, [ops[i] for i in trial])
         except SessionError as e:
             d2 = [("error", str(e))]
-        return d2 if d2 and first_key(d2) == key else None
+        return d2 if d2 and first_key(d2, trial) == key else None
 
-    ops = cut(list(ops)) or list(ops)
-    size = max(1, (len(ops) - 1) // 2)
+    keep = list(range(len(ops)))
+    trial = cut(keep)
+    if trial and len(trial) < len(keep):
+        d2 = fails(trial)
+        if d2:
+            keep, diffs = trial, d2
+    size = max(1, (len(keep) - 1) // 2)
     while True:
-        i = len(ops)
+        i = len(keep)
         while i > 1:
             lo = max(1, i - size)
-            trial = cut(ops[:lo] + ops[i:])
-            d2 = fails(trial) if trial and len(trial) < len(ops) else None
+            trial = cut(keep[:lo] + keep[i:])
+            d2 = fails(trial) if trial and len(trial) < len(keep) else None
             if d2:
-                ops, diffs = trial, d2
-                i = min(lo, len(ops))
+                keep, diffs = trial, d2
+                i = min(lo, len(keep))
             else:
                 i = lo
         if size == 1:
-            return ops, diffs
+            return [ops[i] for i in keep], diffs
         size = max(1, size // 2)
 
 
