@@ -104,6 +104,8 @@ def gen_chains(rng):
                 zero = rng.random() < 0.2
                 writes.append((off, length, None if zero else
                                rng.randrange(1, 256)))
+            if "chunk-boundaries" in avoided():
+                writes.sort()
             layer["writes"] = writes
             layers.append(layer)
         chains.append(layers)
@@ -523,6 +525,15 @@ KNOWN = {
     # rate limit: qsd computes the delay again and sleeps on, blockjobd
     # lets the next chunk through
     "set-speed-wakes",
+    # qsd drains the jobs of a chain whose graph changes (another job's
+    # start or end, nodes added over or deleted from it): paused/running
+    # events (being worked on)
+    "drain-events",
+    # where block-status runs end: qsd's qcow2 ends a run where the host
+    # offsets stop being contiguous, so a rate-limited job's first chunk
+    # (offsets while it sleeps, the image after a cancel) differs when
+    # layers were written out of order
+    "chunk-boundaries",
     # value checks of driver options: qcow2 cache-size < 0 ("expects a
     # non-negative number below 2^64"), cache-clean-interval < 0 ("Cache
     # clean interval too big"), encrypt on a plain image, raw size/offset
@@ -551,8 +562,8 @@ KNOWN = {
     # a read-write format node over a read-only file node: "Block node is
     # read-only" in qsd
     "readonly-file-child",
-    # block-stream whose read-write reopen of a read-only top fails leaves
-    # the top read-write
+    # block-stream whose read-write reopen of a read-only top fails, or
+    # that fails after it (bad filter name, ...), leaves the top read-write
     "failed-reopen-ro",
     # raw 'size': the node's filename becomes json:{...} in qsd, and the
     # size error quotes the file length rounded up to 512
@@ -607,6 +618,7 @@ class Gen:
         self.avoid = avoided()
         self.job_ids = []  # every id block-stream was given
         self.force_shared = False  # a force-share node was added
+        self.job_chain = {}  # job id -> chain of its device
         self.njob = self.nfilter = 0
 
     # -- state --
@@ -709,6 +721,9 @@ class Gen:
             f = args.get("file")
             if isinstance(f, dict) and "node-name" in f:
                 self.named[f["node-name"]] = {"kind": "file"}
+        if op["execute"] == "block-stream" and self.ok():
+            self.job_chain[args.get("job-id")] = self.chain_of(
+                args.get("device"))
         if op["execute"] == "blockdev-del" and self.ok():
             self.named.pop(args.get("node-name"), None)
         op.pop("_meta", None)
@@ -717,6 +732,20 @@ class Gen:
             for n in list(self.named):
                 if n not in live:
                     del self.named[n]
+
+    def chain_of(self, ref):
+        """The chain a node belongs to (by its file names), or None."""
+        info = self.node_info(resolve(ref, self.p.implicit, self.img))
+        m = re.search(r"/c(\d+)l\d+\.", info["image"]["filename"]) \
+            if info else None
+        return int(m.group(1)) if m else None
+
+    def drains(self, chain):
+        """Whether a graph change in `chain` would drain a live job (see
+        drain-events)."""
+        return "drain-events" in self.avoid and chain is not None and any(
+            self.job_chain.get(j["device"], chain) == chain
+            for j in self.p.jobs)
 
     def known_names(self):
         """Node names in use (the node list is not refreshed while a job
@@ -765,6 +794,8 @@ class Gen:
     def add_layer_ops(self):
         k = self.rng.randrange(len(self.chains))
         i = self.rng.randrange(len(self.chains[k]))
+        if self.drains(k):
+            return []
         return self.add_layer(k, i)
 
     def add_layer(self, k, i, explicit=False):
@@ -939,6 +970,8 @@ class Gen:
         target = self.pick((6, self.rng.choice(named) if named else "nonode"),
                            (2, self.implicit_ref()), (1, "nonode"),
                            (1, ""))
+        if self.drains(self.chain_of(target)):
+            return []
         return [{"execute": "blockdev-del",
                  "arguments": {"node-name": target}}]
 
@@ -1018,7 +1051,8 @@ class Gen:
             device = self.pick(
                 (12, self.rng.choice(fmts) if fmts else "nonode"),
                 (1, self.implicit_ref()), (1, self.any_node()))
-        if not self.stream_device_ok(device):
+        if not self.stream_device_ok(device) or \
+                self.drains(self.chain_of(device)):
             return []
         args = {"device": device}
         jid = self.job_id()
@@ -1055,6 +1089,13 @@ class Gen:
             args["auto-finalize"] = self.chance(0.5)
         if self.chance(0.25):
             args["auto-dismiss"] = self.chance(0.5)
+        info = self.node_info(resolve(device, self.p.implicit, self.img))
+        if "failed-reopen-ro" in self.avoid and info and info["ro"]:
+            for k in ("filter-node-name", "backing-file", "base",
+                      "base-node", "bottom"):
+                args.pop(k, None)
+            self.njob += 1
+            args["job-id"] = "j%d" % self.njob
         if self.chance(0.1):
             keys = list(args)
             self.rng.shuffle(keys)
@@ -1064,6 +1105,10 @@ class Gen:
     def bad_stream_ops(self):
         fmts = self.fmt_nodes()
         dev = self.rng.choice(fmts) if fmts else "nonode"
+        info = self.node_info(dev)
+        if self.drains(self.chain_of(dev)) or (
+                "failed-reopen-ro" in self.avoid and info and info["ro"]):
+            return []
         below = self.chain_below(dev)
         b = self.rng.choice(below) if below else dev
         self.njob += 1
