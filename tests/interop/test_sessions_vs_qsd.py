@@ -105,7 +105,7 @@ def gen_chains(rng):
                 writes.append((off, length, None if zero else
                                rng.randrange(1, 256)))
             if "chunk-boundaries" in avoided():
-                writes.sort()
+                writes.sort(key=lambda w: (w[0], w[1]))
             layer["writes"] = writes
             layers.append(layer)
         chains.append(layers)
