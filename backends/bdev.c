@@ -22,7 +22,7 @@
 
 static const struct bdev_driver *const drivers[] = {
     &bdev_drv_file,    &bdev_drv_raw,      &bdev_drv_qcow2,
-    &bdev_drv_null_co, &bdev_drv_blkdebug,
+    &bdev_drv_null_co, &bdev_drv_blkdebug, &bdev_drv_copy_on_read,
 };
 
 /* Options a child inherits from its parent unless it sets them itself. */
@@ -46,6 +46,37 @@ struct drain_waiter {
     struct drain_waiter *next;
 };
 
+struct bdev_user {
+    struct bdev *bs; /* NULL once the node is gone */
+    const struct bdev_user_ops *ops;
+    void *opaque;
+    bool moves;
+    uint64_t seq;
+    struct bdev_user *next; /* bs->users */
+};
+
+/* One pause a section hands a user (with the user's token). */
+struct drained_pause {
+    struct bdev_user *u; /* NULL once the user is removed */
+    bool token;
+};
+
+/* A drained section; see "users and drained sections" below. */
+struct bdev_drained {
+    struct bdev *bs; /* referenced */
+    bool subtree;
+    struct drained_pause *pauses; /* the walk at begin, in order */
+    size_t n;
+    struct bdev_user **end_walk; /* the walk at end (order of resumes) */
+    size_t n_end;
+    void (*cb)(void *opaque);
+    void *opaque;
+    bool begun;                /* pauses handed out */
+    bool cb_done;              /* cb ran (or there is none to run) */
+    bool ended;                /* the owner called bdev_drained_end() */
+    struct bdev_drained *next; /* g.sections */
+};
+
 static struct {
     uv_loop_t *loop;
     struct bdev *nodes;
@@ -56,9 +87,10 @@ static struct {
     struct later *later_head, *later_tail;
     struct drain_waiter *drains;
     uint64_t zero_writes_detected;
-    bool open_filters;         /* bdev_insert_filter is opening one */
-    struct bdev *filter_child; /* ... over this node (by pointer: it
-                                * need not be on the list) */
+    struct bdev *filter_child;     /* ... over this node (by pointer: it
+                                    * need not be on the list) */
+    uint64_t link_seq;             /* see bdev.file_seq */
+    struct bdev_drained *sections; /* drained sections, in processing order */
 } g;
 
 /* ---- deferred calls ---------------------------------------------------- */
@@ -341,6 +373,8 @@ static void list_remove(struct bdev *bs)
     }
 }
 
+static void users_forget_node(struct bdev *bs);
+
 static void child_release(struct bdev *child)
 {
     if (!child) {
@@ -360,6 +394,7 @@ static void node_free(struct bdev *bs)
         bs->drv->close(bs);
     }
     list_remove(bs);
+    users_forget_node(bs);
     bs->file = bs->backing = NULL;
     child_release(file);
     child_release(backing);
@@ -405,6 +440,535 @@ void bdev_release(struct bdev *bs)
 {
     free(bs->claimed_by);
     bs->claimed_by = NULL;
+}
+
+/* ---- users and drained sections ------------------------------------------ */
+
+/* QEMU 7.2's drain, as seen from outside: a section over a node quiesces
+ * the node and, through their links, every node above it (a subtree section
+ * also every node below it, each with what is above); every job linked to a
+ * quiesced node is asked to pause, once per path. The section then waits
+ * until those jobs are quiet (parked, or ended), makes its change and lifts
+ * the pauses. A job that was sleeping parks at once; one with a request in
+ * flight parks when it completed. The walk order is QEMU's: a node's parents
+ * newest link first, depth first, a node's children newest first. */
+
+static uint64_t next_seq(void)
+{
+    return ++g.link_seq;
+}
+
+/* A link into a node: a parent node's file or backing link, or a user. */
+struct plink {
+    uint64_t seq;
+    struct bdev *node; /* the parent (parents_of) or child (children_of) */
+    bool backing;
+    struct bdev_user *u;
+};
+
+static int plink_cmp(const void *a, const void *b)
+{
+    const struct plink *x = a, *y = b;
+
+    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+}
+
+static void plink_push(struct plink **v, size_t *n, size_t *cap, struct plink l)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        *v = realloc(*v, *cap * sizeof(**v));
+        if (!*v) {
+            abort();
+        }
+    }
+    (*v)[(*n)++] = l;
+}
+
+/* Every link into bs, newest first (QEMU's bs->parents). A filter taken
+ * out of the graph is no parent any more (QEMU drops its child link). */
+static struct plink *parents_of(struct bdev *bs, size_t *n)
+{
+    struct plink *v = NULL;
+    size_t cap = 0;
+
+    *n = 0;
+    for (struct bdev *p = g.nodes; p; p = p->next) {
+        if (p->detached) {
+            continue;
+        }
+        if (p->file == bs) {
+            plink_push(&v, n, &cap,
+                       (struct plink){p->file_seq, p, false, NULL});
+        }
+        if (p->backing == bs) {
+            plink_push(&v, n, &cap,
+                       (struct plink){p->backing_seq, p, true, NULL});
+        }
+    }
+    for (struct bdev_user *u = bs->users; u; u = u->next) {
+        plink_push(&v, n, &cap, (struct plink){u->seq, NULL, false, u});
+    }
+    if (*n > 1) {
+        qsort(v, *n, sizeof(*v), plink_cmp);
+    }
+    return v;
+}
+
+/* bs's children, newest link first (QEMU's bs->children). */
+static size_t children_of(struct bdev *bs, struct plink out[2])
+{
+    size_t n = 0;
+
+    if (bs->file) {
+        out[n++] = (struct plink){bs->file_seq, bs->file, false, NULL};
+    }
+    if (bs->backing) {
+        out[n++] = (struct plink){bs->backing_seq, bs->backing, true, NULL};
+    }
+    if (n == 2 && out[1].seq > out[0].seq) {
+        struct plink t = out[0];
+
+        out[0] = out[1];
+        out[1] = t;
+    }
+    return n;
+}
+
+/* The users a walk reaches, in order, once per path. */
+struct walk {
+    struct bdev_user **u;
+    size_t n, cap;
+};
+
+/* Quiesces bs (every link into it but the one from `from`'s `backing` or
+ * file link, which the walk came down), then, for a subtree, its children
+ * (bdrv_do_drained_begin: parents before children). */
+static void walk_node(struct walk *w, struct bdev *bs, struct bdev *from,
+                      bool from_backing, bool subtree)
+{
+    struct plink kids[2];
+    struct plink *ps;
+    size_t n, nk;
+
+    ps = parents_of(bs, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (ps[i].u) {
+            if (w->n == w->cap) {
+                w->cap = w->cap ? w->cap * 2 : 8;
+                w->u = realloc(w->u, w->cap * sizeof(*w->u));
+                if (!w->u) {
+                    abort();
+                }
+            }
+            w->u[w->n++] = ps[i].u;
+        } else if (ps[i].node != from || ps[i].backing != from_backing) {
+            /* QEMU quiesces a parent with all its own parents. */
+            walk_node(w, ps[i].node, NULL, false, false);
+        }
+    }
+    free(ps);
+    if (!subtree) {
+        return;
+    }
+    nk = children_of(bs, kids);
+    for (size_t i = 0; i < nk; i++) {
+        walk_node(w, kids[i].node, bs, kids[i].backing, true);
+    }
+}
+
+struct bdev_user *bdev_user_add(struct bdev *bs,
+                                const struct bdev_user_ops *ops, void *opaque,
+                                bool moves)
+{
+    struct bdev_user *u = calloc(1, sizeof(*u));
+
+    if (!u) {
+        abort();
+    }
+    u->bs = bs;
+    u->ops = ops;
+    u->opaque = opaque;
+    u->moves = moves;
+    u->seq = next_seq();
+    u->next = bs->users;
+    bs->users = u;
+    return u;
+}
+
+struct bdev *bdev_user_node(const struct bdev_user *u)
+{
+    return u->bs;
+}
+
+static void user_unlink(struct bdev_user *u)
+{
+    if (!u->bs) {
+        return;
+    }
+    for (struct bdev_user **pp = &u->bs->users; *pp; pp = &(*pp)->next) {
+        if (*pp == u) {
+            *pp = u->next;
+            break;
+        }
+    }
+    u->next = NULL;
+    u->bs = NULL;
+}
+
+static void scrub_user(struct bdev_user *u)
+{
+    for (struct bdev_drained *d = g.sections; d; d = d->next) {
+        for (size_t i = 0; i < d->n; i++) {
+            if (d->pauses[i].u == u) {
+                d->pauses[i].u = NULL;
+            }
+        }
+        for (size_t i = 0; i < d->n_end; i++) {
+            if (d->end_walk[i] == u) {
+                d->end_walk[i] = NULL;
+            }
+        }
+    }
+}
+
+void bdev_user_remove(struct bdev_user *u)
+{
+    if (!u) {
+        return;
+    }
+    user_unlink(u);
+    scrub_user(u);
+    free(u);
+    bdev_users_kick(); /* a section may have waited for it */
+}
+
+/* Moves a BlockBackend-like user with its node's parents (a new link). */
+static void user_move(struct bdev_user *u, struct bdev *to)
+{
+    user_unlink(u);
+    u->bs = to;
+    u->seq = next_seq();
+    u->next = to->users;
+    to->users = u;
+}
+
+static void users_forget_node(struct bdev *bs)
+{
+    while (bs->users) {
+        user_unlink(bs->users);
+    }
+}
+
+/* Sections are processed one at a time, in order, as QEMU's drain waits
+ * before its caller goes on: a section hands out its pauses when it comes
+ * first, its owner's callback runs once the users are quiet, and its end
+ * is handed out once the owner ended it and the users are quiet (a section
+ * nobody waits for, ended at once, waits here: its users still park and
+ * resume in QEMU's order, only after the caller moved on). A section begun
+ * while the first one is open (its owner still inside, waiting or working)
+ * comes from work its wait let run - a job ending, say - and goes first, as
+ * in QEMU, where such work runs inside the outer section's poll. */
+
+static bool section_quiet(struct bdev_drained *d, bool strict)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        struct bdev_user *u = d->pauses[i].u;
+
+        if (u && u->ops && u->ops->busy &&
+            u->ops->busy(u->opaque, d->pauses[i].token, strict)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void section_hand_out(struct bdev_drained *d)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        struct bdev_user *u = d->pauses[i].u;
+
+        if (u && u->ops && u->ops->drained_begin) {
+            d->pauses[i].token = u->ops->drained_begin(u->opaque);
+        }
+    }
+}
+
+static void give_back(struct bdev_user *u)
+{
+    if (u->ops && u->ops->drained_end) {
+        u->ops->drained_end(u->opaque);
+    }
+}
+
+/* The resumes: users the end walk reaches, in its order, then any the
+ * graph change left behind, in the order they were paused (QEMU lifts
+ * those during the change). A callback may remove users (scrub_user clears
+ * them here: the section stays queued meanwhile). */
+static void section_take_back(struct bdev_drained *d)
+{
+    for (size_t i = 0; i < d->n_end; i++) {
+        for (size_t j = 0; d->end_walk[i] && j < d->n; j++) {
+            if (d->pauses[j].u == d->end_walk[i]) {
+                d->pauses[j].u = NULL;
+                give_back(d->end_walk[i]);
+                break;
+            }
+        }
+    }
+    for (size_t j = 0; j < d->n; j++) {
+        struct bdev_user *u = d->pauses[j].u;
+
+        if (u) {
+            d->pauses[j].u = NULL;
+            give_back(u);
+        }
+    }
+}
+
+static void section_free(struct bdev_drained *d)
+{
+    bdev_unref(d->bs); /* NULL for an idle waiter's */
+    free(d->pauses);
+    free(d->end_walk);
+    free(d);
+}
+
+static bool drain_running, drain_again;
+
+static void drain_run(void)
+{
+    struct bdev_drained *d;
+
+    if (drain_running) {
+        drain_again = true;
+        return;
+    }
+    drain_running = true;
+    do {
+        drain_again = false;
+        while ((d = g.sections)) {
+            if (!d->begun) {
+                d->begun = true;
+                section_hand_out(d);
+                continue; /* a pause may have changed the queue */
+            }
+            if (!d->cb_done) {
+                if (!d->cb) {
+                    break; /* the owner has not said yet */
+                }
+                if (!section_quiet(d, true)) {
+                    break;
+                }
+                d->cb_done = true;
+                d->cb(d->opaque);
+                continue;
+            }
+            /* An owner that did not wait does not wait for endings that
+             * began meanwhile either (nor deadlocks on them). */
+            if (!d->ended || !section_quiet(d, false)) {
+                break;
+            }
+            /* Still first while the users are told (nothing nests in an
+             * ended section), so that removed users are cleared here. */
+            section_take_back(d);
+            g.sections = d->next;
+            section_free(d);
+        }
+    } while (drain_again);
+    drain_running = false;
+}
+
+static bool kick_queued;
+
+static void kick_cb(void *arg)
+{
+    (void)arg;
+    kick_queued = false;
+    drain_run();
+}
+
+void bdev_users_kick(void)
+{
+    /* From the loop, never inside the caller (a job parking, say). */
+    if (g.sections && !kick_queued) {
+        kick_queued = true;
+        bdev_call_later(kick_cb, NULL);
+    }
+}
+
+static void section_queue(struct bdev_drained *d)
+{
+    struct bdev_drained **pp = &g.sections;
+
+    if (g.sections && g.sections->begun && !g.sections->ended) {
+        d->next = g.sections; /* nested in the open one */
+        g.sections = d;
+        return;
+    }
+    while (*pp) {
+        pp = &(*pp)->next;
+    }
+    *pp = d;
+}
+
+struct bdev_drained *bdev_drained_begin(struct bdev *bs, bool subtree)
+{
+    struct bdev_drained *d = calloc(1, sizeof(*d));
+    struct walk w = {0};
+
+    if (!d) {
+        abort();
+    }
+    d->bs = bs;
+    d->subtree = subtree;
+    bdev_ref(bs);
+    /* Who is reached is decided by the graph as it is now, whenever the
+     * pauses are handed out. */
+    walk_node(&w, bs, NULL, false, subtree);
+    d->pauses = calloc(w.n ? w.n : 1, sizeof(*d->pauses));
+    if (!d->pauses) {
+        abort();
+    }
+    for (size_t i = 0; i < w.n; i++) {
+        d->pauses[i].u = w.u[i];
+    }
+    d->n = w.n;
+    free(w.u);
+    section_queue(d);
+    drain_run();
+    return d;
+}
+
+void bdev_drained_wait(struct bdev_drained *d, void (*cb)(void *opaque),
+                       void *opaque)
+{
+    d->cb = cb;
+    d->opaque = opaque;
+    drain_run();
+}
+
+void bdev_drained_end(struct bdev_drained *d)
+{
+    struct walk w = {0};
+
+    if (d->bs) {
+        walk_node(&w, d->bs, NULL, false, d->subtree);
+    }
+    d->end_walk = w.u;
+    d->n_end = w.n;
+    d->ended = true;
+    d->cb_done = true; /* ended before its callback: it never runs */
+    if (g.sections == d && d->begun && section_quiet(d, false)) {
+        /* The pauses go back now, before the owner goes on (also when
+         * the owner is d's own callback, inside drain_run). */
+        section_take_back(d);
+        g.sections = d->next;
+        section_free(d);
+    }
+    drain_run();
+}
+
+bool bdev_drained_idle(void)
+{
+    return !g.sections;
+}
+
+struct idle_waiter {
+    void (*cb)(void *opaque);
+    void *opaque;
+    struct bdev_drained *d;
+};
+
+static void idle_reached(void *opaque)
+{
+    struct idle_waiter *iw = opaque;
+
+    bdev_drained_end(iw->d);
+    iw->cb(iw->opaque);
+    free(iw);
+}
+
+void bdev_when_drained_idle(void (*cb)(void *opaque), void *opaque)
+{
+    struct idle_waiter *iw;
+    struct bdev_drained *d;
+
+    if (!g.sections) {
+        cb(opaque);
+        return;
+    }
+    iw = calloc(1, sizeof(*iw));
+    d = calloc(1, sizeof(*d));
+    if (!iw || !d) {
+        abort();
+    }
+    /* A section over nothing, last in the queue. */
+    iw->cb = cb;
+    iw->opaque = opaque;
+    iw->d = d;
+    d->bs = NULL;
+    {
+        struct bdev_drained **pp = &g.sections;
+
+        while (*pp) {
+            pp = &(*pp)->next;
+        }
+        *pp = d;
+    }
+    bdev_drained_wait(d, idle_reached, iw);
+}
+
+/* ---- frozen links -------------------------------------------------------- */
+
+/* A node's link to the next node down its chain: a filter's file, a
+ * format's backing. QEMU freezes such links (bdrv_freeze_backing_chain)
+ * for a copy-on-read filter's `bottom` and for a stream's filter. */
+static const char *chain_link_name(const struct bdev *bs)
+{
+    return bs->drv->is_filter ? "file" : "backing";
+}
+
+int bdev_chain_frozen(struct bdev *from, struct bdev *to, struct qmp_error *err)
+{
+    for (struct bdev *n = from; n != to; n = bdev_chain_next(n)) {
+        if (!n || !bdev_chain_next(n)) {
+            /* (QEMU 7.2 loops forever here.) */
+            qmp_error_setg(err, "'%s' is not in the backing chain of '%s'",
+                           to->node_name, from->node_name);
+            return -EINVAL;
+        }
+        if (n->chain_frozen) {
+            qmp_error_setg(err, "Cannot change '%s' link from '%s' to '%s'",
+                           chain_link_name(n), n->node_name,
+                           bdev_chain_next(n)->node_name);
+            return -EPERM;
+        }
+    }
+    return 0;
+}
+
+int bdev_chain_freeze(struct bdev *from, struct bdev *to, struct qmp_error *err)
+{
+    struct bdev *n;
+    int ret = bdev_chain_frozen(from, to, err);
+
+    if (ret < 0) {
+        return ret;
+    }
+    for (n = from; n != to; n = bdev_chain_next(n)) {
+        n->chain_frozen++;
+    }
+    return 0;
+}
+
+void bdev_link_freeze(struct bdev *bs, bool on)
+{
+    if (on) {
+        bs->chain_frozen++;
+    } else if (bs->chain_frozen > 0) {
+        bs->chain_frozen--;
+    }
 }
 
 /* ---- opening ----------------------------------------------------------- */
@@ -480,10 +1044,6 @@ static const struct bdev_driver *find_driver(const char *name)
         if (extra_drivers[i] && strcmp(extra_drivers[i]->name, name) == 0) {
             return extra_drivers[i];
         }
-    }
-    /* Filters are inserted by jobs, never named by users or headers. */
-    if (g.open_filters && strcmp(name, bdev_drv_copy_on_read.name) == 0) {
-        return &bdev_drv_copy_on_read;
     }
     return NULL;
 }
@@ -823,6 +1383,9 @@ static struct bdev *open_node(json_t *opts, bool monitor,
         }
     }
 
+    if (bs->file) {
+        bs->file_seq = next_seq();
+    }
     bs->node_name = name ? strdup(name) : implicit_name();
     if (!bs->node_name) {
         qmp_error_setg(err, "Out of memory");
@@ -845,6 +1408,12 @@ static struct bdev *open_node(json_t *opts, bool monitor,
             }
             goto fail_opened;
         }
+    }
+    if (bs->file && !bs->file_seq) {
+        bs->file_seq = next_seq();
+    }
+    if (bs->backing) {
+        bs->backing_seq = next_seq(); /* after the file, as in QEMU */
     }
     /* Children the driver opened itself (backing, blkdebug's image). */
     if ((bs->file && perm_refresh(bs->file, err) < 0) ||
@@ -897,36 +1466,48 @@ struct bdev *bdev_open_child(json_t *ref, bool read_only, struct qmp_error *err)
 
 /* ---- filters ------------------------------------------------------------ */
 
-/* Every node that uses `from` as its file or backing child uses `to`
- * instead (except `skip`, the filter itself). */
+/* Every link into `from` (but those of `skip`, the filter itself, and
+ * users that stay) goes to `to` instead. QEMU's bdrv_replace_node moves
+ * them in from's parent order, each to the head of to's parent list: each
+ * moved link is the newest, so their order turns round. */
 static void replace_in_parents(struct bdev *from, struct bdev *to,
                                struct bdev *skip)
 {
-    for (struct bdev *p = g.nodes; p; p = p->next) {
+    size_t n;
+    struct plink *ps = parents_of(from, &n);
+
+    for (size_t i = 0; i < n; i++) {
+        struct bdev *p = ps[i].node;
+
+        if (ps[i].u) {
+            if (ps[i].u->moves) {
+                user_move(ps[i].u, to);
+            }
+            continue;
+        }
         if (p == skip) {
             continue;
         }
-        if (p->file == from) {
-            bdev_ref(to);
-            to->parents++;
-            p->file = to;
-            from->parents--;
-            bdev_unref(from);
-        }
-        if (p->backing == from) {
-            bdev_ref(to);
-            to->parents++;
+        bdev_ref(to);
+        to->parents++;
+        if (ps[i].backing) {
             p->backing = to;
-            from->parents--;
-            bdev_unref(from);
+            p->backing_seq = next_seq();
+        } else {
+            p->file = to;
+            p->file_seq = next_seq();
         }
+        from->parents--;
+        bdev_unref(from);
     }
+    free(ps);
 }
 
 struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
                                 const char *node_name, struct qmp_error *err)
 {
     struct qmp_error lerr = QMP_ERROR_INIT;
+    struct bdev_drained *d;
     struct bdev *f;
     json_t *opts;
 
@@ -938,10 +1519,8 @@ struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
     if (node_name) {
         json_object_set_new(opts, "node-name", json_string(node_name));
     }
-    g.open_filters = true;
     g.filter_child = bs;
     f = open_node(opts, false, NULL, &lerr);
-    g.open_filters = false;
     g.filter_child = NULL;
     json_decref(opts);
     if (f && !f->drv->is_filter) {
@@ -958,20 +1537,31 @@ struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
     /* A named filter is the user's to see under that name; only an
      * auto-named one stands in for its child (QEMU's bs->implicit). */
     f->implicit = node_name == NULL;
+    /* QEMU's bdrv_insert_node: the parents move inside a drained section
+     * over bs (jobs above it pause and resume). */
+    d = bdev_drained_begin(bs, false);
     replace_in_parents(bs, f, f);
     perm_refresh(f, NULL); /* a filter passes its parents' needs down */
+    bdev_drained_end(d);
     return f;
 }
 
 void bdev_remove_filter(struct bdev *filter)
 {
     struct bdev *child = filter->file;
+    struct bdev_drained *d;
 
-    filter->detached = true;
+    /* QEMU's bdrv_cor_filter_drop: a drained section over the filter; its
+     * parents (and a BlockBackend on it) move down to the child. */
+    d = bdev_drained_begin(filter, false);
     if (child) {
         replace_in_parents(filter, child, NULL);
+        filter->detached = true;
         perm_refresh(child, NULL);
+    } else {
+        filter->detached = true;
     }
+    bdev_drained_end(d);
     bdev_unref(filter);
 }
 
@@ -1475,6 +2065,7 @@ struct chg_op {
     char *file, *fmt;
     bdev_cb *cb;
     void *opaque;
+    struct bdev_drained *d;
 };
 
 static void chg_finish(struct chg_op *op, int ret)
@@ -1482,6 +2073,7 @@ static void chg_finish(struct chg_op *op, int ret)
     if (op->new_backing) {
         bdev_unref(op->new_backing);
     }
+    bdev_drained_end(op->d);
     op->cb(op->opaque, ret);
     free(op->file);
     free(op->fmt);
@@ -1514,6 +2106,7 @@ static void chg_header_done(void *opaque, int ret)
             op->new_backing->parents++;
         }
         op->bs->backing = op->new_backing;
+        op->bs->backing_seq = next_seq();
         child_release(old);
     }
     /* The header now names what it was told: that is no override (QEMU
@@ -1543,12 +2136,34 @@ static void chg_flushed(void *opaque, int ret)
     }
 }
 
+/* The drained section's node: QEMU's stream_prepare drains the subtree of
+ * the node right above the new backing in bs's chain (its "above_base");
+ * without a new backing, of the chain's last node. */
+static struct bdev *above_base(struct bdev *bs, struct bdev *new_backing)
+{
+    struct bdev *n = bs, *next;
+
+    while ((next = bdev_chain_next(n)) && next != new_backing) {
+        n = next;
+    }
+    return n;
+}
+
+static void chg_drained(void *opaque)
+{
+    struct chg_op *op = opaque;
+    int ret = bdev_flush(op->bs, chg_flushed, op);
+
+    if (ret < 0) {
+        chg_finish(op, ret);
+    }
+}
+
 int bdev_change_backing(struct bdev *bs, struct bdev *new_backing,
                         const char *backing_file, const char *backing_fmt,
                         bdev_cb *cb, void *opaque)
 {
     struct chg_op *op;
-    int ret;
 
     if (!bs->drv->has_backing || !bs->drv->change_backing) {
         return -ENOTSUP;
@@ -1566,16 +2181,11 @@ int bdev_change_backing(struct bdev *bs, struct bdev *new_backing,
     if (new_backing) {
         bdev_ref(new_backing); /* keep it alive until the switch */
     }
-    ret = bdev_flush(bs, chg_flushed, op);
-    if (ret < 0) {
-        if (new_backing) {
-            bdev_unref(new_backing);
-        }
-        free(op->file);
-        free(op->fmt);
-        free(op);
-    }
-    return ret;
+    /* Everything below happens in one drained section, which first waits
+     * for the jobs it pauses (their requests in flight complete). */
+    op->d = bdev_drained_begin(above_base(bs, new_backing), true);
+    bdev_drained_wait(op->d, chg_drained, op);
+    return 0;
 }
 
 /* ---- reopen -------------------------------------------------------------- */
@@ -1612,7 +2222,7 @@ static int reopen_one(struct bdev *bs, bool rw, struct qmp_error *err)
     return 0;
 }
 
-int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
+static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
 {
     int ret;
 
@@ -1648,6 +2258,17 @@ int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
         }
     }
     return 0;
+}
+
+int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
+{
+    /* QEMU's bdrv_reopen runs in a drained section over the node's whole
+     * subtree, also when it fails. */
+    struct bdev_drained *d = bdev_drained_begin(bs, true);
+    int ret = reopen(bs, read_write, err);
+
+    bdev_drained_end(d);
+    return ret;
 }
 
 /* ---- buffers and sync helpers ------------------------------------------ */

@@ -42,6 +42,10 @@ int bdev_init(uv_loop_t *loop);
 void bdev_close_all(void);
 uv_loop_t *bdev_loop(void);
 
+/* Runs fn(arg) on a later loop iteration (never inside the caller), in
+ * the order asked. */
+void bdev_call_later(void (*fn)(void *arg), void *arg);
+
 /* Registers blockdev-add, blockdev-del and query-named-block-nodes (schema
  * and handlers) with protocol/. */
 void bdev_qmp_init(void);
@@ -95,6 +99,20 @@ void bdev_remove_filter(struct bdev *filter);
  * "Node X is in use" (QEMU: a BlockBackend is attached). */
 void bdev_set_job_io_node(struct bdev *bs, bool on);
 
+/* Frozen links, QEMU's bdrv_freeze_backing_chain: each node's link to the
+ * next node down its chain (bdev_chain_next) may be frozen, counted.
+ * bdev_chain_freeze() freezes every link from `from` down to `to` (not
+ * to's own), or fails, freezing nothing, with "Cannot change 'backing' link
+ * from 'a' to 'b'" ('file' for a filter) when one of them is frozen, or
+ * when `to` is not below `from`. bdev_link_freeze() freezes or thaws bs's
+ * own link. (copy-on-read's `bottom` and block-stream check them.) */
+int bdev_chain_freeze(struct bdev *from, struct bdev *to,
+                      struct qmp_error *err);
+/* The check alone: 0, or the error bdev_chain_freeze() would fail with. */
+int bdev_chain_frozen(struct bdev *from, struct bdev *to,
+                      struct qmp_error *err);
+void bdev_link_freeze(struct bdev *bs, bool on);
+
 /* Switches a node (and its file child) between read-only and read-write.
  * Fails with "Block node is read-only" when the node or a child was added
  * read-only explicitly. Synchronous (reopens the file). */
@@ -126,6 +144,66 @@ int bdev_is_allocated_above(struct bdev *top, struct bdev *bottom,
 
 /* Waits until no request is in flight on the node (and its children). */
 int bdev_drain(struct bdev *bs, bdev_cb *cb, void *opaque);
+
+/* Users of a node from outside the graph: QEMU's block-job children and
+ * BlockBackends. Graph changes happen inside drained sections, as in QEMU
+ * 7.2: a section over a node asks every user of that node and of every node
+ * above it (every user of every node below it too, for a subtree section)
+ * to pause, once per path that reaches it, and waits until they are quiet.
+ * Users are asked newest link first, as QEMU walks its parent lists.
+ *
+ * drained_begin/drained_end: one pause request more / less. The token
+ * drained_begin returns is handed back to busy(), which says whether the
+ * section must still wait for the user; strict is false for a section
+ * whose owner did not wait (its end is only held back until the users
+ * parked). A user that may have become quiet calls bdev_users_kick(). Any
+ * of the three may be NULL (a user that only marks a node, see
+ * bdev_user_add's `moves`). */
+struct bdev_user_ops {
+    bool (*drained_begin)(void *opaque);
+    void (*drained_end)(void *opaque);
+    bool (*busy)(void *opaque, bool token, bool strict);
+};
+struct bdev_user;
+
+/* Adds a user of bs. moves: a BlockBackend-like user that bdev_remove_filter
+ * and bdev_insert_filter hand over with the node's other parents (QEMU moves
+ * a BlockBackend that way; a job's own links stay where they are). The user
+ * holds no reference: once the node is freed bdev_user_node() says NULL. */
+struct bdev_user *bdev_user_add(struct bdev *bs,
+                                const struct bdev_user_ops *ops, void *opaque,
+                                bool moves);
+struct bdev *bdev_user_node(const struct bdev_user *u);
+/* Removes the user; pauses it still holds in open sections are lifted. */
+void bdev_user_remove(struct bdev_user *u);
+/* A user may have become quiet: waiting sections look again. */
+void bdev_users_kick(void);
+
+struct bdev_drained;
+/* Begins a drained section over bs and every node above it (subtree: and
+ * every node below it, QEMU's bdrv_subtree_drained_begin): every user
+ * reached is asked to pause. The section holds a reference on bs until
+ * bdev_drained_end(). Never NULL (aborts without memory). */
+struct bdev_drained *bdev_drained_begin(struct bdev *bs, bool subtree);
+/* Calls cb(opaque) once every user the section paused is quiet: inside this
+ * call if they already are, else later from the loop. Once per section; not
+ * at all if the section ends first. A section nobody waits for goes on at
+ * once (QEMU would have waited: see the job layer's drain handling). */
+void bdev_drained_wait(struct bdev_drained *d, void (*cb)(void *opaque),
+                       void *opaque);
+/* Ends the section: the users the graph now reaches from its node get
+ * their pauses back first, in the order QEMU would, then any the graph
+ * change left behind - once they are quiet (at once if they are).
+ *
+ * Sections are processed one after the other, as QEMU's drain waits before
+ * its caller goes on: a section queued behind one still waiting for its
+ * users hands out its pauses only after that one ended. */
+void bdev_drained_end(struct bdev_drained *d);
+/* No section is being processed or waiting. */
+bool bdev_drained_idle(void);
+/* Calls cb(opaque) once every section begun so far is over: at once if
+ * none is open. (A reply that qemu-storage-daemon sends after its drains.) */
+void bdev_when_drained_idle(void (*cb)(void *opaque), void *opaque);
 
 /* Makes `new_backing` (NULL: none) the backing of format node `bs`: every
  * earlier write is flushed to disk first, then the image header is rewritten

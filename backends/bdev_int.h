@@ -155,6 +155,14 @@ struct bdev {
      * operation that picked it before (a backing change under way) uses
      * its child instead. */
     bool detached;
+    /* Additive (bdev.c's): when this node's file / backing link was made,
+     * on one counter with the users' links: QEMU keeps a node's parents
+     * newest first, and drained sections walk them in that order. */
+    uint64_t file_seq, backing_seq;
+    struct bdev_user *users; /* see bdev_user_add() */
+    /* Additive: freezes of the link to bdev_chain_next() (bdev_chain_freeze,
+     * bdev_link_freeze). */
+    unsigned chain_frozen;
 };
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new
@@ -197,8 +205,6 @@ bool bdev_tree_busy(const struct bdev *bs);
  * libaio (ext4 then completes it inside io_submit, blocking the loop). */
 enum { BDEV_GROW_PREALLOC, BDEV_GROW_POOL, BDEV_GROW_NATIVE };
 extern int bdev_file_grow_mode;
-/* Runs fn(arg) on a later loop iteration (never inside the caller). */
-void bdev_call_later(void (*fn)(void *arg), void *arg);
 
 /* Child helpers for format drivers. */
 int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,

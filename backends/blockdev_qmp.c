@@ -3,6 +3,7 @@
 #include "backends/bdev_int.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -11,7 +12,8 @@
 static const char schema[] =
     "["
     "{'enum': 'BlockdevDriver',"
-    " 'data': ['blkdebug', 'file', 'null-co', 'qcow2', 'raw']},"
+    " 'data': ['blkdebug', 'copy-on-read', 'file', 'null-co', 'qcow2',"
+    "          'raw']},"
     "{'enum': 'BlockdevDiscardOptions', 'data': ['ignore', 'unmap']},"
     "{'enum': 'BlockdevDetectZeroesOptions', 'data': ['off', 'on', 'unmap']},"
     "{'enum': 'BlockdevAioOptions', 'data': ['threads', 'native', "
@@ -34,6 +36,8 @@ static const char schema[] =
     "{'struct': 'BlockdevOptionsGenericCOWFormat',"
     " 'base': 'BlockdevOptionsGenericFormat',"
     " 'data': {'*backing': 'BlockdevRefOrNull'}},"
+    "{'struct': 'BlockdevOptionsCor', 'base': 'BlockdevOptionsGenericFormat',"
+    " 'data': {'*bottom': 'str'}},"
     "{'struct': 'BlockdevOptionsRaw', 'base': 'BlockdevOptionsGenericFormat',"
     " 'data': {'*offset': 'int', '*size': 'int'}},"
     "{'struct': 'BlockdevOptionsNull',"
@@ -122,6 +126,7 @@ static const char schema[] =
     "          '*detect-zeroes': 'BlockdevDetectZeroesOptions'},"
     " 'discriminator': 'driver',"
     " 'data': {'blkdebug': 'BlockdevOptionsBlkdebug',"
+    "          'copy-on-read': 'BlockdevOptionsCor',"
     "          'file': 'BlockdevOptionsFile',"
     "          'null-co': 'BlockdevOptionsNull',"
     "          'qcow2': 'BlockdevOptionsQcow2',"
@@ -332,17 +337,127 @@ static json_t *qmp_query_named_block_nodes(json_t *args, struct qmp_session *s,
     return list;
 }
 
+/* QEMU opens a format node (raw, qcow2, copy-on-read) whose `file` is
+ * given with a BlockBackend on that file node first, to probe it, and drops
+ * it after the open, successful or not: blk_unref drains the file node,
+ * and blk_remove_bs drains it again. An existing node named as `file` may
+ * have jobs above it: they pause and resume twice. Nodes in the order QEMU
+ * opens them (a nested file first, a nested backing after its parent). */
+static void probe_targets(json_t *opts, struct bdev ***v, size_t *n)
+{
+    json_t *file = json_object_get(opts, "file");
+    const char *drv = json_string_value(json_object_get(opts, "driver"));
+    struct bdev *bs;
+
+    if (json_is_object(file)) {
+        probe_targets(file, v, n);
+    }
+    bs = json_is_string(file) ? bdev_find(json_string_value(file)) : NULL;
+    if (bs && drv &&
+        (!strcmp(drv, "raw") || !strcmp(drv, "qcow2") ||
+         !strcmp(drv, "copy-on-read"))) {
+        struct bdev **nv = realloc(*v, (*n + 1) * sizeof(**v));
+
+        if (!nv) {
+            abort();
+        }
+        *v = nv;
+        bdev_ref(bs);
+        (*v)[(*n)++] = bs;
+    }
+    if (json_is_object(json_object_get(opts, "backing"))) {
+        probe_targets(json_object_get(opts, "backing"), v, n);
+    }
+}
+
+struct add_op {
+    struct qmp_deferred *d; /* NULL while the handler still runs */
+    struct bdev **t;
+    size_t n, i;
+    int round;
+    struct bdev_drained *sec;
+    json_t *ret;
+    struct qmp_error err;
+    bool done;
+    bool orphan; /* no session to answer: the sections just run out */
+};
+
+static void add_reply(void *opaque)
+{
+    struct add_op *op = opaque;
+
+    qmp_deferred_reply(op->d, op->ret, &op->err);
+    free(op);
+}
+
+/* Each target: two drained sections, one after the other, each waiting for
+ * the jobs it pauses. */
+static void add_step(void *opaque)
+{
+    struct add_op *op = opaque;
+
+    if (op->sec) {
+        bdev_drained_end(op->sec);
+        op->sec = NULL;
+    }
+    if (op->i == op->n) {
+        for (size_t i = 0; i < op->n; i++) {
+            bdev_unref(op->t[i]);
+        }
+        free(op->t);
+        op->t = NULL;
+        op->done = true;
+        if (op->d) {
+            bdev_when_drained_idle(add_reply, op);
+        } else if (op->orphan) {
+            json_decref(op->ret);
+            qmp_error_clear(&op->err);
+            free(op);
+        }
+        return;
+    }
+    op->sec = bdev_drained_begin(op->t[op->i], false);
+    if (++op->round == 2) {
+        op->round = 0;
+        op->i++;
+    }
+    bdev_drained_wait(op->sec, add_step, op);
+}
+
 static json_t *qmp_blockdev_add(json_t *args, struct qmp_session *s,
                                 struct qmp_error *err)
 {
+    struct add_op *op;
     struct bdev *bs;
+    json_t *ret;
 
-    (void)s;
-    bs = bdev_open_node(args, true, err);
-    if (!bs) {
+    if (!json_object_get(args, "node-name")) {
+        /* Refused before QEMU opens anything. */
+        bdev_open_node(args, true, err);
         return NULL;
     }
-    return json_object();
+    op = calloc(1, sizeof(*op));
+    if (!op) {
+        abort();
+    }
+    probe_targets(args, &op->t, &op->n);
+    bs = bdev_open_node(args, true, err);
+    ret = bs ? json_object() : NULL;
+    add_step(op);
+    if (!op->done && !s) {
+        op->orphan = true;
+        return ret;
+    }
+    if (!op->done) {
+        op->ret = ret;
+        op->err = *err; /* moved: the reply is deferred */
+        err->cls = QMP_ERROR_NONE;
+        err->desc = NULL;
+        op->d = qmp_session_defer(s);
+        return NULL;
+    }
+    free(op);
+    return ret;
 }
 
 /* blockdev-del of a node with requests in flight (e.g. left by a job that
