@@ -2,9 +2,11 @@
 #include "jobs/blockjob.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "backends/bdev.h"
 #include "protocol/qmp.h"
 
 static uint64_t (*clock_ns)(void);
@@ -236,4 +238,128 @@ json_t *job_info(struct job *job)
         json_object_set_new(o, "error", json_string(job->error));
     }
     return o;
+}
+
+/* ---- the job's nodes and drained sections ---- */
+
+static bool link_drained_begin(void *opaque)
+{
+    return job_drain_begin(opaque);
+}
+
+static void link_drained_end(void *opaque)
+{
+    job_drain_end(opaque);
+}
+
+static bool link_busy(void *opaque, bool token, bool strict)
+{
+    return job_drain_busy(opaque, token, strict);
+}
+
+static const struct bdev_user_ops link_ops = {
+    .drained_begin = link_drained_begin,
+    .drained_end = link_drained_end,
+    .busy = link_busy,
+};
+
+static void detach_step(void *opaque);
+
+static void thaw_links(struct blockjob *bj)
+{
+    for (size_t i = 0; i < bj->n_links; i++) {
+        struct bdev *node = bdev_user_node(bj->links[i]);
+
+        if (bj->froze[i] && node) {
+            bdev_link_freeze(node, false);
+        }
+        bj->froze[i] = false;
+    }
+}
+
+/* QEMU's stream_clean unrefs the job's BlockBackend: blk_unref drains its
+ * node, blk_remove_bs drains it again, then the node is let go. Each
+ * section first waits for the jobs it pauses (a job above, say, resumed by
+ * the section before, has a request in flight). */
+static void detach_step(void *opaque)
+{
+    struct blockjob *bj = opaque;
+    struct bdev *node = bdev_user_node(bj->backend);
+    job_done_fn *done;
+
+    if (bj->detaching) {
+        bdev_drained_end(bj->detaching);
+        bj->detaching = NULL;
+    }
+    if (node && bj->detach_round < 2) {
+        bj->detach_round++;
+        bj->detaching = bdev_drained_begin(node, false);
+        bdev_drained_wait(bj->detaching, detach_step, bj);
+        return;
+    }
+    bdev_user_remove(bj->backend);
+    bj->backend = NULL;
+    done = bj->detach_done;
+    bj->detach_done = NULL;
+    done(&bj->job, 0);
+}
+
+static void blockjob_detach(struct job *job, job_done_fn *done)
+{
+    struct blockjob *bj = (struct blockjob *)job;
+
+    thaw_links(bj); /* QEMU: when the filter is dropped, before */
+    bj->detach_done = done;
+    bj->detach_round = 0;
+    detach_step(bj);
+}
+
+static void blockjob_release(struct job *job)
+{
+    struct blockjob *bj = (struct blockjob *)job;
+
+    thaw_links(bj);
+    for (size_t i = 0; i < bj->n_links; i++) {
+        bdev_user_remove(bj->links[i]);
+    }
+    free(bj->links);
+    free(bj->froze);
+    bj->links = NULL;
+    bj->froze = NULL;
+    bj->n_links = 0;
+    if (bj->detaching) {
+        bdev_drained_end(bj->detaching);
+        bj->detaching = NULL;
+    }
+    bdev_user_remove(bj->backend);
+    bj->backend = NULL;
+}
+
+void blockjob_add_node(struct blockjob *bj, struct bdev *bs)
+{
+    struct bdev_user **v =
+        realloc(bj->links, (bj->n_links + 1) * sizeof(*bj->links));
+    bool *f = realloc(bj->froze, (bj->n_links + 1) * sizeof(*bj->froze));
+    struct bdev *prev;
+
+    if (!v || !f) {
+        abort();
+    }
+    bj->links = v;
+    bj->froze = f;
+    bj->froze[bj->n_links] = false;
+    prev = bj->n_links ? bdev_user_node(bj->links[bj->n_links - 1]) : NULL;
+    if (prev && bdev_chain_next(prev) == bs) {
+        bdev_link_freeze(prev, true);
+        bj->froze[bj->n_links - 1] = true;
+    }
+    bj->links[bj->n_links++] = bdev_user_add(bs, &link_ops, &bj->job, false);
+    if (!bj->backend) {
+        /* After the job's link, as QEMU creates the job (main node) before
+         * stream_start's BlockBackend. It pauses nobody by itself. */
+        bj->backend = bdev_user_add(bs, NULL, NULL, true);
+        bj->job.detach = blockjob_detach;
+        bj->job.release = blockjob_release;
+        job_add_quiesce_hook(bdev_users_kick);
+    }
 }

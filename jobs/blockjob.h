@@ -32,12 +32,24 @@ enum blockjob_io_status {
     BLOCKJOB_IO_NOSPACE,
 };
 
+struct bdev;
+struct bdev_user;
+struct bdev_drained;
+
 struct blockjob {
     struct job job; /* first: drivers embed struct blockjob first */
     int64_t speed;
     struct ratelimit rl;
     enum blockjob_on_error on_error;
     enum blockjob_io_status iostatus;
+    /* blockjob_add_node's links, and the job's BlockBackend. */
+    struct bdev_user **links;
+    bool *froze; /* links[i]'s node froze its link to links[i + 1]'s */
+    size_t n_links;
+    struct bdev_user *backend;
+    struct bdev_drained *detaching; /* section of the backend's release */
+    int detach_round;
+    job_done_fn *detach_done;
 };
 
 /* "report" ... "auto" -> enum; -1 if unknown. */
@@ -66,6 +78,18 @@ uint64_t blockjob_ratelimit_delay(struct blockjob *bj);
 void blockjob_ratelimit_account(struct blockjob *bj, uint64_t bytes);
 /* Test hook: monotonic clock in ns (NULL: uv_hrtime). */
 void blockjob_set_clock(uint64_t (*now_ns)(void));
+
+/* The job works on bs (QEMU's block_job_add_bdrv): drained sections over
+ * it, or over a node below or above it as QEMU's drain reaches, pause the
+ * job. Call in QEMU's order: the node the job does its I/O through first
+ * (its filter), then the others. That first node also carries the job's
+ * BlockBackend, which moves down when the filter is taken out, and which
+ * is released after clean with two drained sections over its node (QEMU's
+ * blk_unref drains twice), before the job's final events. The links go when
+ * the job is freed. Consecutive nodes down one chain have the link between
+ * them frozen (QEMU's stream filter freezes its chain down to its bottom)
+ * until the job's BlockBackend is released. */
+void blockjob_add_node(struct blockjob *bj, struct bdev *bs);
 
 /* Hooks for struct job_driver. */
 void blockjob_user_resume(struct job *job);    /* io-status back to ok */

@@ -11,10 +11,32 @@
 
 #include "protocol/qmp.h"
 
-static struct job *jobs; /* creation order */
+static struct job *jobs; /* newest first */
 
 static void (*shutdown_cb)(void *opaque);
 static void *shutdown_opaque;
+static void (*quiesce_hooks[4])(void);
+static unsigned hold_count;
+
+void job_add_quiesce_hook(void (*fn)(void))
+{
+    for (size_t i = 0; i < 4; i++) {
+        if (!quiesce_hooks[i] || quiesce_hooks[i] == fn) {
+            quiesce_hooks[i] = fn;
+            return;
+        }
+    }
+    abort(); /* more listeners than slots: a bug */
+}
+
+/* A job may have become quiet (for a drained section or a held command
+ * waiting for it). */
+static void job_quiesced(void)
+{
+    for (size_t i = 0; i < 4 && quiesce_hooks[i]; i++) {
+        quiesce_hooks[i]();
+    }
+}
 
 static const char *const status_names[JOB_STATUS__MAX] = {
     [JOB_STATUS_UNDEFINED] = "undefined", [JOB_STATUS_CREATED] = "created",
@@ -210,11 +232,9 @@ struct job *job_create(const struct job_driver *drv, const char *id,
     uv_timer_init(loop, &job->sleep_timer);
     job->sleep_timer.data = job;
 
-    struct job **pp = &jobs;
-    while (*pp) {
-        pp = &(*pp)->next;
-    }
-    *pp = job;
+    /* Newest first, as QEMU lists them (query-jobs, query-block-jobs). */
+    job->next = jobs;
+    jobs = job;
     job_transition(job, JOB_STATUS_CREATED);
     return job;
 }
@@ -240,6 +260,9 @@ void job_unref(struct job *job)
         return;
     }
     assert(job->status == JOB_STATUS_NULL);
+    if (job->release) {
+        job->release(job);
+    }
     if (job->drv->free) {
         job->drv->free(job);
     }
@@ -279,7 +302,37 @@ bool job_is_cancelled(const struct job *job)
 bool job_may_issue(const struct job *job)
 {
     return job->started && !job->deferred && !job->cancelled &&
-           job->pause_count == 0 && !job->sleeping && !job->paused;
+           job->pause_count == 0 && !job->sleeping && !job->paused &&
+           hold_count == 0;
+}
+
+void job_hold(void)
+{
+    hold_count++;
+}
+
+void job_unhold(void)
+{
+    assert(hold_count > 0);
+    if (--hold_count > 0) {
+        return;
+    }
+    for (struct job *j = jobs, *next; j; j = next) {
+        job_ref(j);
+        job_enter(j);
+        next = j->next;
+        job_unref(j);
+    }
+}
+
+bool job_all_quiet(void)
+{
+    for (struct job *j = jobs; j; j = j->next) {
+        if (j->settling || (j->started && !j->deferred && j->in_flight)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 static void job_stop_sleep(struct job *job)
@@ -313,6 +366,11 @@ void job_enter(struct job *job)
             }
             job->paused = false;
             job->busy = true;
+            /* QEMU's pause point is inside the job's sleep: once resumed,
+             * the job goes on without sleeping first - for every resume
+             * its next chunk did not follow yet (a hold kept it back). */
+            job->cuts_owed++;
+            job->sleep_cut = true;
             job_transition(job, job->status == JOB_STATUS_STANDBY
                                     ? JOB_STATUS_READY
                                     : JOB_STATUS_RUNNING);
@@ -327,11 +385,21 @@ void job_enter(struct job *job)
             if (job->in_flight > 0) {
                 break; /* park once they drained */
             }
+            /* A job whose work is all done ends rather than parks: QEMU's
+             * loop has no pause point after its last chunk. run must not
+             * issue anything now (job_may_issue says so). */
+            job->in_run = true;
+            job->drv->run(job);
+            job->in_run = false;
+            if (job->deferred || job->in_flight > 0) {
+                break;
+            }
             job->paused = true;
             job->busy = false;
             job_transition(job, job->status == JOB_STATUS_READY
                                     ? JOB_STATUS_STANDBY
                                     : JOB_STATUS_PAUSED);
+            job_quiesced();
             break;
         }
         if (job->cancelled && job->in_flight > 0) {
@@ -362,6 +430,11 @@ void job_sleep_ns(struct job *job, uint64_t ns)
     uint64_t ms = (ns + 999999) / 1000000;
 
     assert(!job->sleeping);
+    if (job->cuts_owed > 0 && !job->sleep_cut) {
+        /* One more resume whose chunk is still to come: no sleep. */
+        job->sleep_cut = true;
+        ms = 0;
+    }
     job->sleeping = true;
     job->busy = false;
     uv_timer_start(&job->sleep_timer, sleep_timer_cb, ms, 0);
@@ -377,6 +450,11 @@ void job_wake(struct job *job)
 
 void job_io_begin(struct job *job)
 {
+    /* The driver clears sleep_cut when it issues the chunk the cut let
+     * through (a query leaves it set). */
+    if (!job->sleep_cut && job->cuts_owed > 0) {
+        job->cuts_owed--;
+    }
     job->in_flight++;
 }
 
@@ -385,6 +463,9 @@ void job_io_end(struct job *job)
     assert(job->in_flight > 0);
     job->in_flight--;
     job_enter(job);
+    if (job->in_flight == 0) {
+        job_quiesced();
+    }
 }
 
 void job_start(struct job *job)
@@ -421,6 +502,30 @@ void job_resume(struct job *job)
     }
 }
 
+bool job_drain_begin(struct job *job)
+{
+    bool done = !job->started || job->deferred;
+
+    job_pause(job);
+    return done;
+}
+
+bool job_drain_busy(const struct job *job, bool done, bool strict)
+{
+    if (done || !job->started || job->paused) {
+        return false;
+    }
+    /* An ending that began during the section: QEMU runs it inside the
+     * section's wait (its job_exit is a bottom half the wait's poll runs).
+     * One that began before is no reason to wait (nor a deadlock). */
+    return job->deferred ? strict && job->settling : true;
+}
+
+void job_drain_end(struct job *job)
+{
+    job_resume(job);
+}
+
 /* ---- ending sequence ---- */
 
 static void job_update_rc(struct job *job)
@@ -446,8 +551,43 @@ static void job_conclude(struct job *job)
     }
 }
 
+/* The ending's events are out: commands waiting for them go on. */
+static void job_settled(struct job *job)
+{
+    struct job_waiter *w;
+
+    job->settling = false;
+    while ((w = job->waiters)) {
+        job->waiters = w->next;
+        w->cb(w->opaque);
+        free(w);
+    }
+    job_quiesced();
+}
+
+static void job_finish(struct job *job)
+{
+    if (job->started && job->drv->finished) {
+        job->drv->finished(job);
+    }
+    job_conclude(job);
+    job_settled(job);
+}
+
+static void job_detached(struct job *job, int ret)
+{
+    (void)ret;
+    job_finish(job);
+    job_unref(job);
+}
+
+/* commit or abort, clean, then the job's final events: at once, or once
+ * the layer above detached the job (job->detach). The caller holds a
+ * reference. */
 static void job_finalize_single(struct job *job)
 {
+    void (*detach)(struct job *, job_done_fn *) = job->detach;
+
     job_update_rc(job);
     if (!job->ret) {
         if (job->drv->commit) {
@@ -459,10 +599,14 @@ static void job_finalize_single(struct job *job)
     if (job->drv->clean) {
         job->drv->clean(job);
     }
-    if (job->started && job->drv->finished) {
-        job->drv->finished(job);
+    if (detach) {
+        job->detach = NULL;
+        job->settling = true; /* the events are still to come */
+        job_ref(job);
+        detach(job, job_detached);
+        return;
     }
-    job_conclude(job);
+    job_finish(job);
 }
 
 bool job_is_settling(const struct job *job)
@@ -488,8 +632,6 @@ void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque)
 
 static void job_prepare_done(struct job *job, int ret)
 {
-    struct job_waiter *w;
-
     if (ret < 0 && !job->ret) {
         job->ret = ret;
     }
@@ -497,12 +639,6 @@ static void job_prepare_done(struct job *job, int ret)
      * effect is made; it concludes as prepared. */
     job->cancelled = job->cancelled && job->ret != 0;
     job_finalize_single(job);
-    job->settling = false;
-    while ((w = job->waiters)) {
-        job->waiters = w->next;
-        w->cb(w->opaque);
-        free(w);
-    }
     job_unref(job);
 }
 
@@ -546,6 +682,7 @@ void job_completed(struct job *job, int ret)
             job_do_finalize(job);
         }
     }
+    job_quiesced();
     job_unref(job);
 }
 

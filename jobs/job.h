@@ -128,7 +128,14 @@ struct job {
      * job then does its next chunk at once, whatever the rate limit says.
      * Set by the core, cleared by the driver when it issues that chunk. */
     bool sleep_cut;
-    bool settling; /* prepare under way: the ending events are to come */
+    unsigned cuts_owed; /* resumes whose chunk has not been issued yet */
+    bool settling;      /* ending under way: its events are to come */
+    /* Set by the layer above the core (block jobs) on the instance:
+     * detach(job, done) runs after clean and before the job's final events
+     * and calls done(job, 0) when finished, maybe later (the job is
+     * settling meanwhile); release(job) runs when the job is freed. */
+    void (*detach)(struct job *job, job_done_fn *done);
+    void (*release)(struct job *job);
     struct job_waiter *waiters;
     struct job *next;
 };
@@ -163,7 +170,7 @@ void job_early_fail(struct job *job);
 void job_start(struct job *job);
 
 struct job *job_find(const char *id);
-/* Iteration over all jobs, in creation order. */
+/* Iteration over all jobs, newest first (QEMU's order). */
 struct job *job_first(void);
 struct job *job_next(struct job *job);
 
@@ -186,6 +193,30 @@ void job_dismiss(struct job *job, struct qmp_error *err);
 /* Internal pause/resume (error stop, drains): counted. */
 void job_pause(struct job *job);
 void job_resume(struct job *job);
+
+/* A drained section over a node of the job (QEMU's child_job callbacks).
+ * job_drain_begin pauses the job and returns whether its ending had begun
+ * already; hand that back to job_drain_busy, which says whether the section
+ * must still wait: the job has not parked yet (a request in flight), or -
+ * strict - it ended after the section began and its ending is still under
+ * way. job_drain_end lifts the pause. */
+bool job_drain_begin(struct job *job);
+bool job_drain_busy(const struct job *job, bool done, bool strict);
+void job_drain_end(struct job *job);
+/* fn() is called whenever a job may have become quiet for a waiting
+ * section or command: it parked, its ending began or was done, or its last
+ * request in flight completed. Up to 4 listeners. */
+void job_add_quiesce_hook(void (*fn)(void));
+
+/* While held (counted), no job issues new requests (job_may_issue says
+ * false); requests in flight complete, jobs park and resume as usual. The
+ * last job_unhold() re-enters every job. A QMP command that changes the
+ * graph several times holds the jobs meanwhile: qemu-storage-daemon's
+ * drains would wait for them between the changes. */
+void job_hold(void);
+void job_unhold(void);
+/* No job has a request in flight or its ending under way. */
+bool job_all_quiet(void);
 
 /* Driver side. */
 bool job_is_cancelled(const struct job *job);

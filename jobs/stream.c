@@ -338,6 +338,12 @@ static void stream_run(struct job *job)
         }
         return;
     }
+    /* Done, also with a pause pending: QEMU's loop has no pause point
+     * after its last chunk. */
+    if (s->scan >= s->len && job->in_flight == 0 && all_free(s)) {
+        job_completed(job, s->first_err);
+        return;
+    }
     while (job_may_issue(job)) {
         struct stream_req *r = NULL;
         uint64_t delay, end;
@@ -533,6 +539,15 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         bottom = n;
         n_nodes++;
     }
+    /* QEMU's filter freezes the chain down to the lowest node streamed:
+     * a link frozen already fails the start (a read-only top is checked
+     * before its reopen). */
+    if (bdev_chain_frozen(p->top, bottom ? bottom : p->top, err) < 0) {
+        if (!bdev_is_read_only(p->top)) {
+            qmp_error_prepend(err, "Could not create node: ");
+        }
+        return NULL;
+    }
     if (bdev_is_read_only(p->top)) {
         if (bdev_reopen(p->top, true, err) < 0) {
             return NULL;
@@ -561,6 +576,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     /* The job's I/O node: blocked for other jobs, not deletable. */
     s->filter = filter;
     bdev_claim(filter, "stream", NULL);
+    blockjob_add_node(&s->common, filter); /* drains pause the job */
     bdev_set_job_io_node(filter, true);
     s->reopened_rw = reopened;
     s->top = p->top;
@@ -580,6 +596,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     for (n = p->top; n && bdev_skip_filters(n) != p->base;
          n = bdev_chain_next(n)) {
         bdev_claim(n, "stream", NULL);
+        blockjob_add_node(&s->common, n);
         bdev_ref(n);
         s->claimed[s->n_claimed++] = n;
     }
@@ -700,13 +717,8 @@ static bool same_file(const char *a, const char *b)
     return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
 }
 
-static void stream_reply_settled(void *opaque)
-{
-    qmp_deferred_reply(opaque, json_object(), NULL);
-}
-
-static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
-                                struct qmp_error *err)
+static json_t *block_stream(json_t *args, struct qmp_session *sess,
+                            struct qmp_error *err)
 {
     const char *device = arg_str(args, "device");
     const char *base = arg_str(args, "base");
@@ -814,18 +826,18 @@ static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
     p.auto_finalize = arg_bool(args, "auto-finalize", true);
     p.auto_dismiss = arg_bool(args, "auto-dismiss", true);
     job = stream_start(&p, err);
-    if (!job) {
-        return NULL;
-    }
-    /* A stream with nothing to copy ends at once; qemu-storage-daemon has
-     * sent all its events (down to null) before this reply, so ours waits
-     * for the job's asynchronous prepare too. The job may be gone already. */
-    job = job_find(p.job_id);
-    if (job && sess && job_is_settling(job)) {
-        job_when_settled(job, stream_reply_settled, qmp_session_defer(sess));
-        return NULL;
-    }
-    return json_object();
+    /* A stream with nothing to copy ends at once, and jobs paused by the
+     * graph changes may still be parking; qemu-storage-daemon has sent all
+     * those events (down to null) before this reply. */
+    return job_qmp_reply_after(sess, job ? p.job_id : NULL,
+                               job ? json_object() : NULL, err);
+}
+
+/* Its graph changes wait for the jobs they pause, as qsd's drains do. */
+static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
+                                struct qmp_error *err)
+{
+    return job_qmp_run_quiet(block_stream, args, sess, err);
 }
 
 void stream_qmp_init(void)

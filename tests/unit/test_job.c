@@ -309,10 +309,11 @@ static void test_cancel_user_paused(void **state)
     struct job *j;
 
     (void)state;
-    t = new_job("s0", 1, true, false);
+    t = new_job("s0", 3, true, false); /* 2 issued, 1 left */
     j = &t->common.job;
     job_start(j);
     job_user_pause(j, &err);
+    finish_one(t);
     finish_one(t);
     assert_int_equal(j->status, JOB_STATUS_PAUSED);
     job_user_cancel(j, false, &err);
@@ -375,6 +376,7 @@ static void test_error_stop_and_resume(void **state)
                      BLOCKJOB_ACTION_STOP);
     assert_true(j->user_paused);
     assert_int_equal(t->common.iostatus, BLOCKJOB_IO_NOSPACE);
+    t->work = 1; /* the failed request, held for the retry */
     finish_one(t);
     assert_int_equal(j->status, JOB_STATUS_RUNNING);
     finish_one(t);
@@ -382,7 +384,6 @@ static void test_error_stop_and_resume(void **state)
     job_user_pause(j, &err);
     assert_string_equal(err.desc, "Job is already paused");
     qmp_error_clear(&err);
-    t->work = 1; /* the retry */
     job_user_resume(j, &err);
     assert_int_equal(t->common.iostatus, BLOCKJOB_IO_OK);
     finish_one(t);
