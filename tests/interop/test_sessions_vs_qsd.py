@@ -105,7 +105,17 @@ def gen_chains(rng):
                 writes.append((off, length, None if zero else
                                rng.randrange(1, 256)))
             if "chunk-boundaries" in avoided():
-                writes.sort(key=lambda w: (w[0], w[1]))
+                # data clusters allocated in guest order (contiguous host
+                # runs); zero clusters whole and first (no zero cluster
+                # that kept a host cluster next to one that has none)
+                cl = layer.get("cluster", 512)
+                writes = sorted(
+                    ((o - o % cl, -(-(o + n) // cl) * cl - (o - o % cl), p)
+                     for o, n, p in writes if p is None),
+                    key=lambda w: (w[0], w[1])) + sorted(
+                    (w for w in writes if w[2] is not None),
+                    key=lambda w: (w[0], w[1]))
+                writes = [(o, min(n, size - o), p) for o, n, p in writes]
             layer["writes"] = writes
             layers.append(layer)
         chains.append(layers)
