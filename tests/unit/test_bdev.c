@@ -700,6 +700,210 @@ static void test_drain(void **state)
     drop(r);
 }
 
+/* ---- drained sections ----------------------------------------------------
+ */
+
+/* A user standing for a job: records its pauses and resumes, busy on
+ * demand (a request in flight). */
+struct tuser {
+    const char *name;
+    bool busy;
+    int paused;
+};
+
+static char trace[512];
+
+static bool tu_begin(void *opaque)
+{
+    struct tuser *u = opaque;
+
+    u->paused++;
+    strcat(trace, "+");
+    strcat(trace, u->name);
+    strcat(trace, " ");
+    return false;
+}
+
+static void tu_end(void *opaque)
+{
+    struct tuser *u = opaque;
+
+    u->paused--;
+    strcat(trace, "-");
+    strcat(trace, u->name);
+    strcat(trace, " ");
+}
+
+static bool tu_busy(void *opaque, bool token, bool strict)
+{
+    (void)token;
+    (void)strict;
+    return ((struct tuser *)opaque)->busy;
+}
+
+static const struct bdev_user_ops tu_ops = {tu_begin, tu_end, tu_busy};
+
+static void note(void *opaque)
+{
+    strcat(trace, opaque);
+}
+
+static void test_drained_sections(void **state)
+{
+    struct bdev *n0 = must_open("{'driver': 'null-co', 'node-name': 'n0'}");
+    struct bdev *n1 = must_open("{'driver': 'raw', 'node-name': 'n1', "
+                                "'file': 'n0'}");
+    struct bdev *n2 = must_open("{'driver': 'raw', 'node-name': 'n2', "
+                                "'file': 'n1'}");
+    struct tuser a = {"a", false, 0}, b = {"b", false, 0}, c = {"c", 0, 0};
+    struct bdev_user *ua, *ub, *uc, *ube;
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct bdev_drained *d, *d2;
+    struct bdev *f;
+
+    (void)state;
+    ub = bdev_user_add(n2, &tu_ops, &b, false);
+    ua = bdev_user_add(n1, &tu_ops, &a, false);
+    /* Over n0: its parents and theirs, newest link first: a (linked
+     * after n2 opened over n1) before n2's b. Once per path. */
+    trace[0] = 0;
+    d = bdev_drained_begin(n0, false);
+    assert_string_equal(trace, "+a +b ");
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+a +b -a -b ");
+    assert_true(bdev_drained_idle());
+    /* A subtree section over n2: n2's users, then what is below. */
+    trace[0] = 0;
+    d = bdev_drained_begin(n2, true);
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+b +a -b -a ");
+    /* Over n2 alone: nothing below. */
+    trace[0] = 0;
+    d = bdev_drained_begin(n2, false);
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+b -b ");
+
+    /* A waiter waits for a busy user; the section's end waits too, and a
+     * section begun after it hands out its pauses only then. */
+    a.busy = true;
+    trace[0] = 0;
+    d = bdev_drained_begin(n1, false);
+    bdev_drained_wait(d, note, "quiet ");
+    assert_string_equal(trace, "+a +b ");
+    a.busy = false;
+    bdev_users_kick();
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
+    assert_string_equal(trace, "+a +b quiet ");
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+a +b quiet -a -b ");
+    b.busy = true;
+    trace[0] = 0;
+    d = bdev_drained_begin(n2, false); /* nobody waits */
+    bdev_drained_end(d);
+    d2 = bdev_drained_begin(n2, false);
+    bdev_drained_end(d2);
+    assert_string_equal(trace, "+b ");
+    assert_false(bdev_drained_idle());
+    bdev_when_drained_idle(note, "idle ");
+    b.busy = false;
+    bdev_users_kick();
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
+    assert_string_equal(trace, "+b -b +b -b idle ");
+
+    /* A section begun while another waits goes first (work the wait let
+     * run, as inside QEMU's poll). */
+    a.busy = true;
+    trace[0] = 0;
+    d = bdev_drained_begin(n0, false);
+    bdev_drained_wait(d, note, "outer ");
+    d2 = bdev_drained_begin(n2, false);
+    bdev_drained_end(d2);
+    assert_string_equal(trace, "+a +b +b -b ");
+    a.busy = false;
+    bdev_users_kick();
+    uv_run(bdev_loop(), UV_RUN_NOWAIT);
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+a +b +b -b outer -a -b ");
+
+    /* A user removed inside a section gets nothing back. */
+    trace[0] = 0;
+    uc = bdev_user_add(n0, &tu_ops, &c, false);
+    d = bdev_drained_begin(n0, false);
+    bdev_user_remove(uc);
+    bdev_drained_end(d);
+    assert_string_equal(trace, "+c +a +b -a -b ");
+
+    /* A filter goes in and out inside sections over its node; a
+     * BlockBackend-like user on the filter moves down with the parents. */
+    trace[0] = 0;
+    f = bdev_insert_filter(n1, "copy-on-read", NULL, &err);
+    assert_non_null(f);
+    /* (the end walks the new graph: the filter's link is n1's newest) */
+    assert_string_equal(trace, "+a +b -b -a ");
+    ube = bdev_user_add(f, NULL, NULL, true);
+    assert_ptr_equal(bdev_user_node(ube), f);
+    trace[0] = 0;
+    bdev_remove_filter(f);
+    assert_string_equal(trace, "+b -b ");
+    assert_ptr_equal(bdev_user_node(ube), n1);
+    assert_ptr_equal(n2->file, n1);
+    bdev_user_remove(ube);
+
+    bdev_user_remove(ua);
+    bdev_user_remove(ub);
+    assert_true(bdev_drained_idle());
+    drop(n2);
+    drop(n1);
+    drop(n0);
+}
+
+/* Frozen links and copy-on-read's bottom. */
+static void test_frozen_links(void **state)
+{
+    struct bdev *n0 = must_open("{'driver': 'null-co', 'node-name': 'n0'}");
+    struct bdev *n1 = must_open("{'driver': 'raw', 'node-name': 'n1', "
+                                "'file': 'n0'}");
+    struct bdev *c1, *c2;
+    struct qmp_error err = QMP_ERROR_INIT;
+
+    (void)state;
+    expect_open_error("{'driver': 'copy-on-read', 'node-name': 'c0', "
+                      "'file': 'n1', 'bottom': 'nosuch'}",
+                      "Bottom node 'nosuch' not found");
+    c1 = must_open("{'driver': 'copy-on-read', 'node-name': 'c1', "
+                   "'file': 'n1', 'bottom': 'n1'}");
+    expect_open_error("{'driver': 'copy-on-read', 'node-name': 'c0', "
+                      "'file': 'c1', 'bottom': 'c1'}",
+                      "Bottom node 'c1' is a filter");
+    /* c1's own link to n1 is frozen: a bottom below it cannot pass. */
+    expect_open_error("{'driver': 'copy-on-read', 'node-name': 'c0', "
+                      "'file': 'c1', 'bottom': 'n1'}",
+                      "Cannot change 'file' link from 'c1' to 'n1'");
+    assert_int_equal(bdev_chain_frozen(c1, n1, &err), -EPERM);
+    qmp_error_clear(&err);
+    c2 = must_open("{'driver': 'copy-on-read', 'node-name': 'c2', "
+                   "'file': 'c1'}");
+    /* Not below: an error (QEMU 7.2 loops forever here). */
+    assert_int_equal(bdev_chain_freeze(n1, c2, &err), -EINVAL);
+    assert_string_equal(err.desc, "'c2' is not in the backing chain of 'n1'");
+    qmp_error_clear(&err);
+    drop(c2);
+    drop(c1); /* thaws */
+    c1 = must_open("{'driver': 'copy-on-read', 'node-name': 'c1', "
+                   "'file': 'n1'}");
+    assert_int_equal(bdev_chain_frozen(c1, n1, &err), 0);
+    assert_int_equal(bdev_chain_freeze(c1, n1, &err), 0);
+    assert_int_equal(bdev_chain_frozen(c1, n1, &err), -EPERM);
+    assert_string_equal(err.desc, "Cannot change 'file' link from 'c1' "
+                                  "to 'n1'");
+    qmp_error_clear(&err);
+    bdev_link_freeze(c1, false);
+    assert_int_equal(bdev_chain_frozen(c1, n1, &err), 0);
+    drop(c1);
+    drop(n1);
+    drop(n0);
+}
+
 /* ---- locks against qemu-img / qemu-io ------------------------------------ */
 
 static bool have(const char *tool)
@@ -830,6 +1034,8 @@ int main(void)
         cmocka_unit_test_teardown(test_allocated_above, test_io_close_all),
         cmocka_unit_test_teardown(test_filter, test_io_close_all),
         cmocka_unit_test_teardown(test_drain, test_io_close_all),
+        cmocka_unit_test_teardown(test_drained_sections, test_io_close_all),
+        cmocka_unit_test_teardown(test_frozen_links, test_io_close_all),
         cmocka_unit_test_teardown(test_locks, test_io_close_all),
     };
 

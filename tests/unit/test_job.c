@@ -451,6 +451,174 @@ static void test_sleep_pause_immediate(void **state)
     assert_int_equal(t->issued, 0);
 }
 
+/* Drained sections (job_drain_*): a job with requests in flight is still
+ * busy after the pause request and parks once they completed; its
+ * resume lets one chunk through without sleeping; a job that ended before
+ * the section never makes it wait, one that ends during it does until its
+ * ending is over (strict) or not at all (not strict). */
+static int quiesced_calls;
+
+static void count_quiesced(void)
+{
+    quiesced_calls++;
+}
+
+static void test_drain_pause_and_wait(void **state)
+{
+    struct tjob *t;
+    struct job *j;
+    bool tok;
+
+    (void)state;
+    job_add_quiesce_hook(count_quiesced);
+    t = new_job("s0", 10, true, true);
+    j = &t->common.job;
+    job_start(j);
+    assert_int_equal(t->issued, 2);
+    tok = job_drain_begin(j);
+    assert_false(tok);
+    assert_true(job_drain_busy(j, tok, true));
+    assert_true(job_drain_busy(j, tok, false));
+    quiesced_calls = 0;
+    finish_one(t);
+    assert_true(job_drain_busy(j, tok, true));
+    assert_int_equal(t->issued, 1); /* nothing new while pausing */
+    finish_one(t);
+    assert_int_equal(j->status, JOB_STATUS_PAUSED);
+    assert_false(job_drain_busy(j, tok, true));
+    assert_true(quiesced_calls > 0);
+    /* Two sections over the job: one pause, one resume. */
+    assert_false(job_drain_begin(j));
+    job_drain_end(j);
+    assert_int_equal(j->status, JOB_STATUS_PAUSED);
+    job_drain_end(j);
+    assert_int_equal(j->status, JOB_STATUS_RUNNING);
+    assert_true(j->sleep_cut); /* no sleep before the next chunk */
+    assert_int_equal(t->issued, 2);
+    assert_string_equal(events, "created running paused running ");
+    /* It ends inside a section: busy while its ending is under way (a
+     * strict section waits for it), not for a section that did not wait,
+     * never for one begun after the ending began. */
+    t->work = 0;
+    j->detach = NULL;
+    tok = job_drain_begin(j);
+    finish_one(t);
+    finish_one(t);
+    assert_true(j->deferred);
+    assert_false(job_drain_busy(j, tok, false));
+    assert_false(job_drain_busy(j, job_drain_begin(j), true));
+    job_drain_end(j);
+    job_drain_end(j);
+}
+
+/* A job whose ending waits for the layer above (detach: QEMU's stream
+ * releasing its BlockBackend) settles only once detached: its final events
+ * and the commands waiting for it come then. */
+static job_done_fn *detach_done;
+
+static void t_detach(struct job *job, job_done_fn *done)
+{
+    (void)job;
+    detach_done = done;
+}
+
+static void waiter(void *opaque)
+{
+    strncat(events, opaque, sizeof(events) - strlen(events) - 1);
+}
+
+static void test_detach_before_final_events(void **state)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct tjob *t;
+    struct job *j;
+
+    (void)state;
+    t = new_job("s0", 3, true, true);
+    j = &t->common.job;
+    j->detach = t_detach;
+    detach_done = NULL;
+    job_start(j);
+    job_user_cancel(j, true, &err);
+    finish_one(t);
+    finish_one(t);
+    assert_non_null(detach_done);
+    assert_true(t->cleaned);
+    assert_true(job_is_settling(j));
+    assert_string_equal(events, "created running aborting ");
+    job_when_settled(j, waiter, "waiter ");
+    detach_done(j, 0);
+    assert_string_equal(events, "created running aborting BLOCK_JOB_CANCELLED "
+                                "concluded null waiter ");
+}
+
+/* No pause point after the last chunk: a job with nothing left ends rather
+ * than parks (QEMU's loop only pauses at its next iteration). */
+static void test_done_job_ends_instead_of_parking(void **state)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct tjob *t;
+    struct job *j;
+
+    (void)state;
+    t = new_job("s0", 2, true, true);
+    j = &t->common.job;
+    job_start(j);
+    job_user_pause(j, &err);
+    finish_one(t);
+    finish_one(t);
+    assert_string_equal(events, "created running waiting pending "
+                                "BLOCK_JOB_COMPLETED concluded null ");
+}
+
+/* A hold keeps every job from issuing; resumes meanwhile are owed chunks
+ * without sleeps; the last unhold lets them go. Jobs are listed newest
+ * first, as QEMU's. */
+static void test_hold_and_owed_cuts(void **state)
+{
+    struct tjob *a, *b;
+    struct job *ja, *jb;
+
+    (void)state;
+    a = new_job("a", 10, true, true);
+    b = new_job("b", 10, true, true);
+    ja = &a->common.job;
+    jb = &b->common.job;
+    assert_ptr_equal(job_first(), jb);
+    assert_ptr_equal(job_next(jb), ja);
+    job_hold();
+    job_start(ja);
+    assert_int_equal(a->issued, 0);
+    assert_true(job_all_quiet());
+    job_drain_begin(ja);
+    job_drain_end(ja);
+    job_drain_begin(ja);
+    job_drain_end(ja);
+    assert_int_equal(ja->cuts_owed, 2);
+    assert_int_equal(a->issued, 0);
+    job_hold();
+    job_unhold();
+    assert_int_equal(a->issued, 0); /* still held once */
+    job_unhold();
+    assert_int_equal(a->issued, 2);
+    assert_false(job_all_quiet());
+    /* The driver clears sleep_cut when it issues the chunk a cut let
+     * through: that pays one owed cut; the next sleep is a zero one. */
+    ja->sleep_cut = false;
+    job_io_begin(ja);
+    assert_int_equal(ja->cuts_owed, 1);
+    job_sleep_ns(ja, 1000000000ULL);
+    assert_true(ja->sleep_cut);
+    uv_run(&loop, UV_RUN_NOWAIT); /* the zero sleep ends */
+    assert_false(ja->sleeping);
+    job_io_end(ja);
+    job_user_cancel(ja, true, NULL);
+    job_user_cancel(jb, true, NULL);
+    while (a->issued) {
+        finish_one(a);
+    }
+}
+
 static void test_policy(void **state)
 {
     (void)state;
@@ -532,6 +700,14 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_verbs_and_speed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_pause_immediate, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_drain_pause_and_wait, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_detach_before_final_events, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_done_job_ends_instead_of_parking,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_and_owed_cuts, setup,
                                         teardown),
     };
 
