@@ -869,6 +869,35 @@ void bdev_drained_end(struct bdev_drained *d)
     drain_run();
 }
 
+struct section_op {
+    struct bdev_drained *d;
+    bdev_cb *cb;
+    void *opaque;
+};
+
+static void section_op_quiet(void *opaque)
+{
+    struct section_op *op = opaque;
+
+    bdev_drained_end(op->d);
+    op->cb(op->opaque, 0);
+    free(op);
+}
+
+void bdev_drained_section(struct bdev *bs, bool subtree, bdev_cb *cb,
+                          void *opaque)
+{
+    struct section_op *op = calloc(1, sizeof(*op));
+
+    if (!op) {
+        abort();
+    }
+    op->cb = cb;
+    op->opaque = opaque;
+    op->d = bdev_drained_begin(bs, subtree);
+    bdev_drained_wait(op->d, section_op_quiet, op);
+}
+
 bool bdev_drained_idle(void)
 {
     return !g.sections;

@@ -199,6 +199,10 @@ void bdev_drained_wait(struct bdev_drained *d, void (*cb)(void *opaque),
  * its caller goes on: a section queued behind one still waiting for its
  * users hands out its pauses only after that one ended. */
 void bdev_drained_end(struct bdev_drained *d);
+/* A whole section with nothing done inside: begun, waited for, ended,
+ * then cb(opaque, 0) (maybe inside this call). */
+void bdev_drained_section(struct bdev *bs, bool subtree, bdev_cb *cb,
+                          void *opaque);
 /* No section is being processed or waiting. */
 bool bdev_drained_idle(void);
 /* Calls cb(opaque) once every section begun so far is over: at once if

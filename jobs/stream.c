@@ -444,7 +444,9 @@ static void stream_prepare(struct job *job, job_done_fn *done)
 
     remove_filter(s); /* QEMU drops it before the backing changes */
     if (!bdev_backing(s->top)) {
-        done(job, 0);
+        /* Nothing to change; QEMU still drains the top's subtree. */
+        s->prepare_cb = done;
+        bdev_drained_section(s->top, true, prepare_done, s);
         return;
     }
     /* As QEMU: the new backing is what the lowest node of ours has as its

@@ -397,6 +397,59 @@ def test_blockdev_add_next_to_a_job():
     run_both(scenario)
 
 
+def test_parallel_streams_on_one_chain():
+    """iotest 030's parallel case (test_stream_vs_qsd's, compared through
+    the ends this time): the upper job's base sits under the lower job's
+    filter. Each ending drains the other job: the upper's ending its
+    subtree (the lower job pauses once), the lower's its filter, its backing
+    change and its BlockBackend (the upper job four times)."""
+    def scenario(s, w):
+        paths = list(make_chain(w)[:3])
+        for i, name in enumerate(("t4", "t5")):
+            path = os.path.join(w, name + ".qcow2")
+            run("qemu-img", "create", "-q", "-f", "qcow2", "-b", paths[-1],
+                "-F", "qcow2", path)
+            run("qemu-io", "-f", "qcow2", "-c",
+                "write -P 0x%x %dk 64k" % (0x44 + i, 128 * (i + 1)), path)
+            paths.append(path)
+        add_chain(s.c, paths)
+        for i, name in enumerate(("t4", "t5")):
+            s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": name,
+                                    "backing": "top" if i == 0 else "t4",
+                                    "file": {"driver": "file",
+                                             "filename": paths[3 + i]}})
+        s.start(stream("top", "s0", "mid"))
+        s.start(stream("t5", "s1", "t4"))
+        s.jobs()
+        finish(s, "s1", "s0")
+        s.start(stream("t5", "s2", **{"base-node": "top"}))
+        s.start(stream("top", "s3", "mid"))
+        s.jobs()
+        finish(s, "s3", "s2")
+        del_all(s, ("t5", "t4", "top", "mid", "base"))
+        return paths
+    run_both(scenario)
+
+
+def test_stream_below_with_nothing_to_copy():
+    """A stream of a node without backing (nothing to copy) below a running
+    job: inserting its filter drains the job, its ending drains it four
+    more times (filter, the subtree QEMU drains even with no backing to
+    change, BlockBackend twice), all before the reply."""
+    def scenario(s, w):
+        paths = make_chain(w)
+        add_chain(s.c, paths)
+        s.start(stream("top", "s1", **{"base-node": "base"}))
+        s.start(stream("base", "s2", **{"filter-node-name": "cor9"}))
+        s.jobs()
+        s.start(stream("base", "s3", **{"auto-finalize": False}))
+        s.cmd("block-job-finalize", {"id": "s3"})
+        finish(s, "s1")
+        del_all(s, ("top", "mid", "base"))
+        return paths[:3]
+    run_both(scenario)
+
+
 def test_copy_on_read_nodes():
     """blockdev-add copy-on-read: its checks and texts, how
     query-named-block-nodes shows it, and the links its `bottom` freezes
