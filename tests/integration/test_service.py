@@ -74,7 +74,9 @@ def test_pidfile():
     d = workdir()
     pidfile = os.path.join(d, "bjd.pid")
     with Daemon(["--pidfile", pidfile], workdir=d) as dm:
-        # written before the daemon says it serves
+        # written before the daemon serves: before the greeting ("listening
+        # on" is logged earlier, when the socket is bound)
+        dm.connect(negotiate=False).close()
         with open(pidfile) as f:
             assert f.read() == "%d\n" % dm.proc.pid
         # a second daemon with the same pidfile refuses to start
