@@ -726,6 +726,59 @@ static void section_take_back(struct bdev_drained *d)
     }
 }
 
+/* QEMU re-links a child of a subtree section's root inside the section:
+ * detaching the child lifts the section from the child's subtree (its
+ * users resume at once), attaching one applies it (bdrv_unapply_ /
+ * bdrv_apply_subtree_drain). */
+static void section_lift_below(struct bdev_drained *d, struct bdev *parent,
+                               bool backing, struct bdev *child)
+{
+    struct walk w = {0};
+
+    if (!child) {
+        return;
+    }
+    walk_node(&w, child, parent, backing, true);
+    for (size_t i = 0; i < w.n; i++) {
+        for (size_t j = 0; j < d->n; j++) {
+            if (d->pauses[j].u == w.u[i]) {
+                d->pauses[j].u = NULL;
+                give_back(w.u[i]);
+                break;
+            }
+        }
+    }
+    free(w.u);
+}
+
+static void section_apply_below(struct bdev_drained *d, struct bdev *parent,
+                                bool backing, struct bdev *child)
+{
+    struct walk w = {0};
+    struct drained_pause *v;
+
+    if (!child) {
+        return;
+    }
+    walk_node(&w, child, parent, backing, true);
+    v = realloc(d->pauses, (d->n + w.n + 1) * sizeof(*d->pauses));
+    if (!v) {
+        abort();
+    }
+    d->pauses = v;
+    for (size_t i = 0; i < w.n; i++) {
+        d->pauses[d->n++] = (struct drained_pause){w.u[i], false};
+    }
+    free(w.u);
+    for (size_t i = d->n - w.n; i < d->n; i++) {
+        struct bdev_user *u = d->pauses[i].u;
+
+        if (u && u->ops && u->ops->drained_begin) {
+            d->pauses[i].token = u->ops->drained_begin(u->opaque);
+        }
+    }
+}
+
 static void section_free(struct bdev_drained *d)
 {
     bdev_unref(d->bs); /* NULL for an idle waiter's */
@@ -845,6 +898,7 @@ void bdev_drained_wait(struct bdev_drained *d, void (*cb)(void *opaque),
 {
     d->cb = cb;
     d->opaque = opaque;
+    d->cb_done = false; /* (again, after a relink: see chg_header_done) */
     drain_run();
 }
 
@@ -2109,10 +2163,16 @@ static void chg_finish(struct chg_op *op, int ret)
     free(op);
 }
 
+static void chg_relinked(void *opaque)
+{
+    chg_finish(opaque, 0);
+}
+
 static void chg_header_done(void *opaque, int ret)
 {
     struct chg_op *op = opaque;
     struct bdev *old;
+    bool relink;
 
     if (ret < 0) {
         chg_finish(op, ret);
@@ -2129,6 +2189,13 @@ static void chg_header_done(void *opaque, int ret)
         op->new_backing = child;
     }
     old = op->bs->backing;
+    /* The section's root is the node whose backing link QEMU replaces
+     * (even by the same node: a job with nothing to copy): the users
+     * below resume, and pause again under the new link. */
+    relink = op->d->bs == op->bs && op->d->subtree;
+    if (relink) {
+        section_lift_below(op->d, op->bs, true, old);
+    }
     if (old != op->new_backing) {
         if (op->new_backing) {
             bdev_ref(op->new_backing);
@@ -2146,6 +2213,11 @@ static void chg_header_done(void *opaque, int ret)
         if (op->new_backing) {
             perm_refresh(op->new_backing, NULL);
         }
+    }
+    if (relink) {
+        section_apply_below(op->d, op->bs, true, op->bs->backing);
+        bdev_drained_wait(op->d, chg_relinked, op);
+        return;
     }
     chg_finish(op, 0);
 }

@@ -450,6 +450,24 @@ def test_stream_below_with_nothing_to_copy():
     run_both(scenario)
 
 
+def test_noop_stream_above_running_job():
+    """A stream with nothing to copy (base-node: the top's backing) above a
+    running job: QEMU's ending drains the top's subtree and replaces the
+    top's backing link by the same node, lifting that drain from the
+    subtree below and applying it again: the job below pauses twice."""
+    def scenario(s, w):
+        paths = make_long_chain(w)
+        add_long_chain(s.c, paths)
+        s.start(stream("n2", "A", "n1"))
+        s.start(stream("n4", "N", **{"base-node": "n3"}))
+        s.start(stream("n6", "M", **{"base-node": "n5", "speed": 0}))
+        s.jobs()
+        finish(s, "A")
+        del_all(s, CHAIN)
+        return paths
+    run_both(scenario)
+
+
 def test_copy_on_read_nodes():
     """blockdev-add copy-on-read: its checks and texts, how
     query-named-block-nodes shows it, and the links its `bottom` freezes
