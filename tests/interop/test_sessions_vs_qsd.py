@@ -335,6 +335,12 @@ def connect(d):
             return d.connect(negotiate=False)
         except ConnectionRefusedError:
             time.sleep(0.01)
+        except EOFError:
+            # qsd's monitor serves one client at a time: a connection
+            # made while it still closes the start-up probe's is hung up
+            if d.proc.poll() is not None:
+                raise
+            time.sleep(0.01)
     return d.connect(negotiate=False)
 
 
