@@ -338,7 +338,7 @@ def connect(d):
         except EOFError:
             # qsd's monitor serves one client at a time: a connection
             # made while it still closes the start-up probe's is hung up
-            if d.proc.poll() is not None:
+            if not isinstance(d, QSD) or d.proc.poll() is not None:
                 raise
             time.sleep(0.01)
     return d.connect(negotiate=False)
