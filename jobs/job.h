@@ -244,11 +244,13 @@ void job_progress_set_current(struct job *job, uint64_t current);
  * there is no job). Jobs waiting for finalize are cancelled too. The events
  * of these transitions are emitted as usual. */
 void job_shutdown(void (*cb)(void *opaque), void *opaque);
-/* True while the job's (asynchronous) prepare is under way: its status
- * still says pending, but its ending (graph change, BLOCK_JOB_COMPLETED,
- * concluded, maybe null) is about to happen. qemu-storage-daemon does this
- * work before it answers the command that started it, so QMP commands that
- * trigger it or look at the job meanwhile wait for it (job_when_settled). */
+/* True while the job's asynchronous ending is under way - its prepare (the
+ * status still says pending) or its detach (after clean; the status says
+ * pending or aborting) - and its final events (BLOCK_JOB_COMPLETED or
+ * _CANCELLED, concluded, maybe null) are about to come. qemu-storage-daemon
+ * does this work before it answers the command that started it, so QMP
+ * commands that trigger it or look at the job meanwhile wait for it
+ * (job_when_settled). */
 bool job_is_settling(const struct job *job);
 /* Calls cb(opaque) once, right after the settling job's ending sequence
  * (the job may be dismissed and freed by then: cb must look it up again).
