@@ -356,6 +356,8 @@ static void stream_run(struct job *job)
             }
         }
         if (r) {
+            /* The retry is the chunk a resume lets through unslept. */
+            job->sleep_cut = false;
             issue_req(r);
             continue;
         }

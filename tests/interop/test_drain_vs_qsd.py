@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from stream_util import (  # noqa: E402
-    QSD_CLASS, SIZE, TIMEOUT, Daemon, Runner, make_chain, add_chain,
-    require, run)
+    QSD_CLASS, SIZE, TIMEOUT, Daemon, Runner, add_chain,
+    add_erroring_raw_chain, make_chain, make_raw_base, require, run)
 from test_stream_vs_qsd import image_facts  # noqa: E402
 
 require("qemu-storage-daemon", "qemu-img", "qemu-io")
@@ -465,6 +465,37 @@ def test_noop_stream_above_running_job():
         finish(s, "A")
         del_all(s, CHAIN)
         return paths
+    run_both(scenario)
+
+
+def test_error_stopped_job():
+    """A drain that waits for a chunk failing with on-error stop: the error
+    pauses the job for good (no resume at the section's end), later drains
+    give it no events; once resumed, the retried chunk is the one the
+    resume lets through unslept."""
+    def scenario(s, w):
+        raw, top = make_raw_base(w)
+        add_erroring_raw_chain(s.c, raw, top, 5)
+        s.start({"device": "top", "job-id": "e0", "on-error": "stop",
+                 "speed": 1})
+        s.cmd("blockdev-add", {"driver": "raw", "node-name": "r",
+                               "file": "base"})
+        s.settle()
+        s.jobs()
+        s.cmd("blockdev-add", {"driver": "copy-on-read", "node-name": "c",
+                               "file": "top"})
+        s.settle()
+        s.jobs()
+        s.cmd("block-job-resume", {"device": "e0"})
+        s.settle()
+        s.jobs()
+        s.cmd("blockdev-add", {"driver": "raw", "node-name": "r2",
+                               "file": "base"})
+        s.settle()
+        s.jobs()
+        finish(s, "e0")
+        del_all(s, ("c", "r2", "r", "top", "base"))
+        return [top]
     run_both(scenario)
 
 
