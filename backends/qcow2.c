@@ -1530,7 +1530,8 @@ static void alloc_end(struct q2_alloc *a, int ret)
 
 static void alloc_link_resume(struct q2_waiter *w)
 {
-    alloc_link((struct q2_alloc *)((char *)w - offsetof(struct q2_alloc, w)));
+    alloc_link(
+        (struct q2_alloc *)(void *)((char *)w - offsetof(struct q2_alloc, w)));
 }
 
 /* Points the L2 entries at the freshly written clusters. */
@@ -1622,7 +1623,7 @@ static void cow_read_done(struct q2_req *ir)
 
 static void req_resume(struct q2_waiter *w)
 {
-    req_step((struct q2_req *)((char *)w - offsetof(struct q2_req, w)));
+    req_step((struct q2_req *)(void *)((char *)w - offsetof(struct q2_req, w)));
 }
 
 /* Reads guest bytes [off, off + len) into buf for copy-on-write; bytes past
@@ -2154,8 +2155,9 @@ out:
 
 static void status_resume(struct q2_waiter *w)
 {
-    status_run((struct q2_status *)((char *)w - offsetof(struct q2_status, w)),
-               true);
+    status_run(
+        (struct q2_status *)(void *)((char *)w - offsetof(struct q2_status, w)),
+        true);
 }
 
 static int qcow2_block_status(struct bdev *bs, uint64_t offset, uint64_t bytes,

@@ -97,7 +97,7 @@ static int read_at(struct rebuild *r, uint64_t off, uint64_t len, void *buf)
 /* One L2 table: the table itself, then what its entries point at. */
 static int walk_l2(struct rebuild *r, uint64_t l2_off)
 {
-    const uint64_t *e = (const uint64_t *)r->buf;
+    const uint64_t *e = (const uint64_t *)(const void *)r->buf;
     int ret;
 
     if (l2_off & (r->cs - 1)) {
@@ -223,7 +223,7 @@ static int fix_copied(struct rebuild *r)
 {
     const struct qcow2_header *h = r->h;
     uint64_t bytes = (uint64_t)h->l1_size * 8;
-    uint64_t *l1, *e = (uint64_t *)r->buf;
+    uint64_t *l1, *e = (uint64_t *)(void *)r->buf;
     bool l1_changed = false;
     int ret = 0;
 
@@ -300,7 +300,7 @@ static int write_refcounts(struct rebuild *r, uint64_t at, uint64_t nrb,
         ret = bdev_child_pwrite_sync(r->file, (at + b) << r->cb, r->cs, r->buf);
     }
     for (uint64_t t = 0; !ret && t < rtc; t++) {
-        uint64_t *e = (uint64_t *)r->buf;
+        uint64_t *e = (uint64_t *)(void *)r->buf;
 
         memset(r->buf, 0, r->cs);
         for (uint64_t k = 0; k < r->cs / 8; k++) {
