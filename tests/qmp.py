@@ -3,6 +3,7 @@
 No sleeps as synchronisation: the daemon is ready when it logs that it
 listens; replies and events are waited for with timeouts.
 """
+import ctypes
 import json
 import os
 import select
@@ -18,6 +19,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TIMEOUT = float(os.environ.get("QMP_TIMEOUT", "60"))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent():
+    """preexec_fn: the daemon gets SIGKILL when the test process dies
+    (killed by a timeout, say), so no daemon outlives its test and eats a
+    core for the rest of the run (PR_SET_PDEATHSIG = 1)."""
+    _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def binary():
@@ -50,7 +61,8 @@ class Daemon:
         self.stderr_path = os.path.join(self.workdir, "daemon.log")
         self.log = open(self.stderr_path, "w+b")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.log, stderr=self.log,
+                                     preexec_fn=die_with_parent)
         self.wait_log("listening on " + self.sock)
 
     def logtext(self):
@@ -114,7 +126,8 @@ class QSD(Daemon):
                "socket,path=%s,server=on,wait=off,id=c0" % self.sock,
                "--monitor", "chardev=c0"] + list(args)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.log, stderr=self.log,
+                                     preexec_fn=die_with_parent)
         # The socket file exists a moment before qsd listens on it: ready
         # means a connection is accepted (qsd serves one client at a time,
         # so the probe is closed at once).
