@@ -129,20 +129,37 @@ class QSD(Daemon):
                                      stdout=self.log, stderr=self.log,
                                      preexec_fn=die_with_parent)
         # The socket file exists a moment before qsd listens on it: ready
-        # means a connection is accepted (qsd serves one client at a time,
-        # so the probe is closed at once).
+        # means a connection gets the greeting (qsd serves one client at a
+        # time, so the probe is closed right after it; closing it before
+        # the greeting made the next connection close at once now and then).
         deadline = time.monotonic() + TIMEOUT
         while True:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError("qsd did not start: " + self.logtext())
+            probe = None
             try:
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                probe.connect(self.sock)
+                probe = QMP(self.sock)
                 probe.close()
                 break
-            except (FileNotFoundError, ConnectionRefusedError):
-                probe.close()
+            except (FileNotFoundError, ConnectionRefusedError, EOFError):
+                if probe:
+                    probe.close()
                 time.sleep(0.01)
+
+    def connect(self, negotiate=True):
+        """As Daemon.connect; a connection that qsd still closes because
+        it had not yet seen the probe's hang-up is made again."""
+        for _ in range(200):
+            try:
+                c = QMP(self.sock)
+                break
+            except (ConnectionRefusedError, EOFError):
+                time.sleep(0.01)
+        else:
+            c = QMP(self.sock)
+        if negotiate:
+            c.negotiate()
+        return c
 
 
 class QMP:
