@@ -458,7 +458,7 @@ def resolve(v, implicit, img):
     if isinstance(v, dict):
         if set(v) == {"$implicit"}:
             k = v["$implicit"]
-            return implicit[k] if k < len(implicit) else "#block999"
+            return implicit[k] if k < len(implicit) else "#nonode"
         return {k: resolve(x, implicit, img) for k, x in v.items()}
     if isinstance(v, list):
         return [resolve(x, implicit, img) for x in v]
@@ -788,7 +788,7 @@ class Gen:
         idx = [k for k, n in enumerate(self.p.implicit)
                if not formats or self.drv(n) in ("qcow2", "raw")]
         if not idx:
-            return "#block123"
+            return "#nonode"
         return {"$implicit": self.rng.choice(idx)}
 
     def file_users(self, path):
