@@ -288,6 +288,11 @@ static bool is_parent_of(const struct bdev *p, const struct bdev *c)
     return p->file == c || p->backing == c;
 }
 
+/* Set while a new node takes its file child: a child that must be written
+ * but is read-only refuses (QEMU checks it on every permission update; the
+ * other updates here never make a read-only node's parent writable). */
+static bool g_open_checks_ro;
+
 /* Recomputes what the parents of `bs` need, checks they agree, and lets the
  * driver apply it (lock bytes). Recurses into children, whose needs derive
  * from ours. */
@@ -331,6 +336,11 @@ static int perm_refresh(struct bdev *bs, struct qmp_error *err)
         }
         perm |= ap;
         shared &= as;
+    }
+    if (g_open_checks_ro && bs->read_only &&
+        (perm & (BDEV_PERM_WRITE | BDEV_PERM_WRITE_UNCHANGED))) {
+        qmp_error_setg(err, "Block node is read-only");
+        return -EPERM;
     }
     if (perm != bs->perm || shared != bs->shared_perm) {
         unsigned old_perm = bs->perm, old_shared = bs->shared_perm;
@@ -1366,6 +1376,18 @@ char *bdev_query_filename(struct bdev *bs)
 
 /* ---- opening ------------------------------------------------------------ */
 
+/* Whether discard is "unmap": the default of every child (QEMU's
+ * bdrv_inherited_options), "ignore" for a node the monitor adds. */
+static bool discard_unmap(json_t *opts, const struct inherit *inh)
+{
+    const char *v = json_string_value(json_object_get(opts, "discard"));
+
+    if (!v) {
+        return inh != NULL;
+    }
+    return strcmp(v, "unmap") == 0 || strcmp(v, "on") == 0;
+}
+
 static struct bdev *open_node(json_t *opts, bool monitor,
                               const struct inherit *inh, struct qmp_error *err)
 {
@@ -1390,9 +1412,6 @@ static struct bdev *open_node(json_t *opts, bool monitor,
     drv = drv_name ? find_driver(drv_name) : NULL;
     if (!drv) {
         qmp_error_setg(err, "Unknown driver '%s'", drv_name ? drv_name : "");
-        return NULL;
-    }
-    if (name && check_node_name(name, err) < 0) {
         return NULL;
     }
 
@@ -1432,11 +1451,6 @@ static struct bdev *open_node(json_t *opts, bool monitor,
                strcmp(json_string_value(v), "unmap") == 0) {
         bs->detect_zeroes = "unmap";
     }
-    if (bs->force_share && !bs->read_only) {
-        qmp_error_setg(err,
-                       "force-share=on can only be used with read-only images");
-        goto fail;
-    }
     if (drv->state_size) {
         bs->state = calloc(1, drv->state_size);
         if (!bs->state) {
@@ -1466,6 +1480,26 @@ static struct bdev *open_node(json_t *opts, bool monitor,
         }
     }
 
+    /* QEMU's checks after the file child is open, in its order. */
+    if (bs->force_share && !bs->read_only) {
+        qmp_error_setg(err,
+                       "force-share=on can only be used with read-only images");
+        goto fail;
+    }
+    if (strcmp(drv->name, "file") == 0 &&
+        !(json_string_value(json_object_get(opts, "filename")) &&
+          json_string_value(json_object_get(opts, "filename"))[0])) {
+        qmp_error_setg(err, "The 'file' block driver requires a file name");
+        goto fail;
+    }
+    if (strcmp(bs->detect_zeroes, "unmap") == 0 && !discard_unmap(opts, inh)) {
+        qmp_error_setg(err, "setting detect-zeroes to unmap is not allowed "
+                            "without setting discard operation to unmap");
+        goto fail;
+    }
+    if (name && check_node_name(name, err) < 0) {
+        goto fail;
+    }
     if (bs->file) {
         bs->file_seq = next_seq();
     }
@@ -1478,7 +1512,9 @@ static struct bdev *open_node(json_t *opts, bool monitor,
     g.nodes = bs;
 
     if (bs->file) {
+        g_open_checks_ro = true;
         ret = perm_refresh(bs->file, err);
+        g_open_checks_ro = false;
         if (ret < 0) {
             goto fail_listed;
         }
@@ -1501,6 +1537,25 @@ static struct bdev *open_node(json_t *opts, bool monitor,
     /* Children the driver opened itself (backing, blkdebug's image). */
     if ((bs->file && perm_refresh(bs->file, err) < 0) ||
         (bs->backing && perm_refresh(bs->backing, err) < 0)) {
+        if (drv->close) {
+            drv->close(bs);
+        }
+        goto fail_opened;
+    }
+    /* An empty "cache" stays in QEMU's flattened options, which no driver
+     * consumes: refused once the node and its children are open. */
+    if (json_is_object(cache) && json_object_size(cache) == 0) {
+        if (drv->is_format) {
+            qmp_error_setg(err,
+                           "Block format '%s' does not support the option "
+                           "'cache'",
+                           drv->name);
+        } else {
+            qmp_error_setg(err,
+                           "Block protocol '%s' doesn't support the option "
+                           "'cache'",
+                           drv->name);
+        }
         if (drv->close) {
             drv->close(bs);
         }

@@ -2431,7 +2431,11 @@ static int open_backing(struct bdev *bs, struct q2 *s, json_t *opts,
         return 0;
     }
     bs->backing = bdev_open_child(b, true, err);
-    return bs->backing ? 0 : -EINVAL;
+    if (!bs->backing) {
+        qmp_error_prepend(err, "Could not open backing file: ");
+        return -EINVAL;
+    }
+    return 0;
 }
 
 static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)

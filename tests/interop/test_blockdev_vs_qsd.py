@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""blockdev-add errors against qemu-storage-daemon 7.2: which error comes
+first when several options are wrong (QEMU's open order), option value
+checks and their texts. Each test runs the same commands on both daemons
+over identical image trees and compares every reply."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                ".."))
+import qmp  # noqa: E402
+
+qmp.require("qemu-img", "qemu-storage-daemon")
+if not os.path.exists(qmp.binary()):
+    qmp.skip("blockjobd is not built")
+
+
+def make_tree(d):
+    def run(*a):
+        subprocess.run(a, check=True, stdout=subprocess.DEVNULL)
+    run("qemu-img", "create", "-q", "-f", "raw", d + "/plain.raw", "1M")
+    run("qemu-img", "create", "-q", "-f", "raw", d + "/odd.raw", "1000")
+    run("qemu-img", "create", "-q", "-f", "qcow2", d + "/a.qcow2", "1M")
+    run("qemu-img", "create", "-q", "-f", "qcow2", d + "/b.qcow2", "1M")
+
+
+def f(d, name, **kw):
+    return dict({"driver": "file", "filename": d + "/" + name}, **kw)
+
+
+def compare(script):
+    """script(d) -> [(command, arguments)]: run on both, all replies the
+    same (the directory and implicit names' digits aside)."""
+    base = qmp.tempfile.mkdtemp(prefix="bdadd-")
+    try:
+        out = []
+        for cls in (qmp.QSD, qmp.Daemon):
+            d = os.path.join(base, cls.__name__)
+            os.mkdir(d)
+            make_tree(d)
+            replies = []
+            with cls() as dm:
+                c = dm.connect()
+                for name, args in script(d):
+                    text = json.dumps(c.cmd(name, args)).replace(d, "@")
+                    replies.append(re.sub(r"#block\d+", "#block", text))
+                c.close()
+            out.append(replies)
+        bad = 0
+        for (name, args), w, g in zip(script("@"), *out):
+            if w != g:
+                bad += 1
+                print("DIFF %s %s\n qsd: %s\n bjd: %s" % (name, args, w, g))
+        assert bad == 0, "%d replies differ" % bad
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+ADD = "blockdev-add"
+
+
+def test_error_order():
+    # The file child opens first, then force-share, the file name,
+    # detect-zeroes, the node name; the backing after the driver; options
+    # nothing consumed at the very end.
+    def script(d):
+        return [
+            (ADD, {"driver": "null-co", "node-name": "used"}),
+            (ADD, {"driver": "qcow2", "node-name": "used",
+                   "file": f(d, "missing")}),
+            (ADD, {"driver": "qcow2", "node-name": "1abc",
+                   "file": f(d, "missing")}),
+            (ADD, {"driver": "qcow2", "node-name": "used",
+                   "file": f(d, "a.qcow2"), "force-share": True}),
+            (ADD, {"driver": "qcow2", "node-name": "1abc",
+                   "file": f(d, "a.qcow2"), "detect-zeroes": "unmap"}),
+            (ADD, {"driver": "file", "node-name": "x1", "filename": "",
+                   "detect-zeroes": "unmap", "force-share": True}),
+            (ADD, {"driver": "file", "node-name": "used", "filename": "",
+                   "detect-zeroes": "unmap"}),
+            (ADD, {"driver": "qcow2", "node-name": "x2",
+                   "file": f(d, "plain.raw"), "backing": "nonode"}),
+            (ADD, {"driver": "qcow2", "node-name": "x3",
+                   "file": f(d, "a.qcow2"), "backing": "nonode",
+                   "cache": {}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+def test_detect_zeroes_unmap():
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "x1",
+                   "file": f(d, "a.qcow2"), "detect-zeroes": "unmap"}),
+            (ADD, {"driver": "qcow2", "node-name": "x2",
+                   "file": f(d, "a.qcow2"), "detect-zeroes": "unmap",
+                   "discard": "ignore"}),
+            # a child's discard is unmap unless it says otherwise
+            (ADD, {"driver": "qcow2", "node-name": "x3",
+                   "file": f(d, "a.qcow2", **{"detect-zeroes": "unmap",
+                                              "discard": "ignore"})}),
+            (ADD, {"driver": "qcow2", "node-name": "x4",
+                   "file": f(d, "a.qcow2", **{"detect-zeroes": "unmap"})}),
+            (ADD, {"driver": "raw", "node-name": "x5",
+                   "file": f(d, "plain.raw"), "detect-zeroes": "unmap",
+                   "discard": "unmap"}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+def test_nested_backing_errors():
+    def script(d):
+        return [
+            (ADD, {"driver": "null-co", "node-name": "used"}),
+            (ADD, {"driver": "qcow2", "node-name": "x1",
+                   "file": f(d, "a.qcow2"), "backing": "nonode"}),
+            (ADD, {"driver": "qcow2", "node-name": "x2",
+                   "file": f(d, "a.qcow2"),
+                   "backing": {"driver": "qcow2", "file": f(d, "missing")}}),
+            (ADD, {"driver": "qcow2", "node-name": "x3",
+                   "file": f(d, "a.qcow2"),
+                   "backing": {"driver": "qcow2",
+                               "file": f(d, "plain.raw")}}),
+            (ADD, {"driver": "qcow2", "node-name": "x4",
+                   "file": f(d, "a.qcow2"),
+                   "backing": {"driver": "qcow2", "node-name": "1x",
+                               "file": f(d, "b.qcow2")}}),
+            (ADD, {"driver": "qcow2", "node-name": "x5",
+                   "file": f(d, "a.qcow2"),
+                   "backing": {"driver": "qcow2", "node-name": "used",
+                               "file": f(d, "b.qcow2")}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+def test_read_only_file_child():
+    def script(d):
+        return [
+            (ADD, f(d, "a.qcow2", **{"node-name": "rof", "read-only": True})),
+            (ADD, {"driver": "qcow2", "node-name": "x1", "file": "rof"}),
+            (ADD, {"driver": "qcow2", "node-name": "x2",
+                   "file": f(d, "b.qcow2", **{"read-only": True})}),
+            # checked when the child is taken: before qcow2's options
+            (ADD, {"driver": "qcow2", "node-name": "x3",
+                   "file": f(d, "b.qcow2", **{"read-only": True}),
+                   "cache-size": -1}),
+            (ADD, {"driver": "qcow2", "node-name": "x4", "file": {
+                "driver": "raw", "file": f(d, "b.qcow2",
+                                           **{"read-only": True})}}),
+            # raw passes on what its parents need: nothing yet
+            (ADD, {"driver": "raw", "node-name": "x5",
+                   "file": f(d, "plain.raw", **{"read-only": True})}),
+            (ADD, {"driver": "qcow2", "node-name": "x6", "file": "rof",
+                   "read-only": True}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+def test_empty_cache():
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "x1",
+                   "file": f(d, "a.qcow2"), "cache": {}}),
+            (ADD, {"driver": "qcow2", "node-name": "x2",
+                   "file": f(d, "a.qcow2", cache={})}),
+            (ADD, f(d, "b.qcow2", **{"node-name": "x3", "cache": {}})),
+            (ADD, {"driver": "null-co", "node-name": "x4", "cache": {}}),
+            (ADD, {"driver": "raw", "node-name": "x5",
+                   "file": f(d, "plain.raw"), "cache": {"direct": False}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+qmp.Runner(globals()).run()
