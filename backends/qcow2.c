@@ -2063,6 +2063,8 @@ struct q2_status {
     struct q2_waiter w;
     uint64_t off, bytes, pnum;
     unsigned status;
+    enum qcow2_cluster_type type; /* of the run so far */
+    uint64_t next_host;           /* host offset the run's next cluster needs */
     int ret;
     bdev_status_cb *cb;
     void *opaque;
@@ -2081,18 +2083,6 @@ static unsigned entry_status(struct q2 *s, uint64_t entry)
     }
 }
 
-static bool l2_ready(struct q2 *s, uint64_t gc)
-{
-    uint64_t l1i = gc >> s->l2_bits;
-    struct q2_centry *e;
-
-    if (l1i >= s->m.h.l1_size || !(s->l1[l1i] & QCOW2_OFFSET_MASK)) {
-        return true;
-    }
-    e = cache_find(&s->l2c, s->l1[l1i] & QCOW2_OFFSET_MASK);
-    return e && e->state == CE_READY;
-}
-
 static void status_deliver(void *arg)
 {
     struct q2_status *st = arg;
@@ -2101,48 +2091,62 @@ static void status_deliver(void *arg)
     free(st);
 }
 
+/* One answer covers clusters of one type (QEMU 7.2's qcow2_get_host_offset:
+ * plain and preallocated zero clusters differ, compressed ones come one by
+ * one), with host offsets following each other where the clusters have
+ * one, and never goes past the end of the L2 table of its first cluster:
+ * where a run ends decides the chunks of a stream. */
+static bool status_extends(struct q2_status *st, enum qcow2_cluster_type t,
+                           uint64_t host)
+{
+    if (t != st->type || t == QCOW2_CL_COMPRESSED) {
+        return false;
+    }
+    if (t == QCOW2_CL_NORMAL || t == QCOW2_CL_ZERO_ALLOC) {
+        return host == st->next_host;
+    }
+    return true;
+}
+
 static void status_run(struct q2_status *st, bool deferred)
 {
     struct q2 *s = st->s;
+    uint64_t gc = (st->off + st->pnum) >> s->cb;
+    uint64_t limit = (gc | (s->l2_entries - 1)) + 1;
+    struct q2_centry *e;
+    int ret;
 
-    while (st->pnum < st->bytes) {
-        uint64_t off = st->off + st->pnum;
-        uint64_t gc = off >> s->cb;
-        uint64_t limit = (gc | (s->l2_entries - 1)) + 1;
-        struct q2_centry *e;
-        int ret;
+    ret = l2_table(s, gc, &e, &st->w);
+    if (ret == -EAGAIN) {
+        return;
+    }
+    if (ret) {
+        st->ret = ret;
+        st->pnum = 0;
+        goto out;
+    }
+    for (; gc < limit; gc++) {
+        uint64_t entry = e ? l2_get(s, e, gc) : 0;
+        enum qcow2_cluster_type t = qcow2_l2_type(entry, s->m.h.version);
+        uint64_t host = entry & QCOW2_OFFSET_MASK;
+        uint64_t cend = (gc + 1) << s->cb;
 
-        if (st->pnum && !l2_ready(s, gc)) {
-            break; /* answer with what we have rather than wait */
+        if (!e) {
+            /* No L2 table: the whole range it would map is free. */
+            gc = limit - 1;
+            cend = limit << s->cb;
         }
-        ret = l2_table(s, gc, &e, &st->w);
-        if (ret == -EAGAIN) {
-            return;
+        if (st->pnum == 0) {
+            st->status = entry_status(s, entry);
+            st->type = t;
+        } else if (!status_extends(st, t, host)) {
+            goto out;
         }
-        if (ret) {
-            st->ret = ret;
-            st->pnum = 0;
-            break;
-        }
-        for (; gc < limit; gc++) {
-            unsigned stc = entry_status(s, l2_get(s, e, gc));
-            uint64_t cend = (gc + 1) << s->cb;
-
-            if (!e) {
-                /* No L2 table: the whole range it would map is free. */
-                gc = limit - 1;
-                cend = limit << s->cb;
-            }
-            if (st->pnum == 0) {
-                st->status = stc;
-            } else if (stc != st->status) {
-                goto out;
-            }
-            st->pnum = cend - st->off;
-            if (st->pnum >= st->bytes) {
-                st->pnum = st->bytes;
-                goto out;
-            }
+        st->next_host = host + s->cs;
+        st->pnum = cend - st->off;
+        if (st->pnum >= st->bytes) {
+            st->pnum = st->bytes;
+            goto out;
         }
     }
 out:

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Differential test of the images block-stream leaves: the same chain,
+streamed by qemu-storage-daemon 7.2 and by blockjobd, must give the same
+`qemu-img map --output=json` of every layer (data/zero flags, depth and
+extents; host offsets aside) and the same content.
+
+Each case is a chain of layers, bottom first: (format, size, cluster size,
+qemu-io commands)."""
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+from stream_util import (  # noqa: E402
+    KiB, MiB, QSD_CLASS, Daemon, Runner, require, run, same_content, wait_first_chunk,
+    wait_status)
+
+require("qemu-storage-daemon", "qemu-img", "qemu-io")
+
+
+def facts(path, fmt):
+    """qemu-img map without host offsets, extents with the same flags
+    merged."""
+    out = []
+    for e in json.loads(subprocess.check_output(
+            ["qemu-img", "map", "--output=json", "-U", "-f", fmt, path])):
+        e.pop("offset", None)
+        if out and all(out[-1][k] == e[k] for k in e
+                       if k not in ("start", "length")):
+            out[-1]["length"] += e["length"]
+        else:
+            out.append(e)
+    return out
+
+
+def make_layers(w, layers):
+    paths = []
+    for i, (fmt, size, cluster, cmds) in enumerate(layers):
+        p = os.path.join(w, "l%d.%s" % (i, fmt))
+        args = ["qemu-img", "create", "-q", "-f", fmt]
+        if fmt == "qcow2":
+            args += ["-o", "cluster_size=%d" % cluster]
+        if paths:
+            args += ["-b", paths[-1], "-F", layers[i - 1][0]]
+        run(*(args + [p, str(size)]))
+        if cmds:
+            io = ["qemu-io", "-f", fmt]
+            for c in cmds:
+                io += ["-c", c]
+            run(*(io + [p]))
+        paths.append(p)
+    return paths
+
+
+def add_layers(c, layers, paths):
+    for i, ((fmt, _, _, _), p) in enumerate(zip(layers, paths)):
+        opts = {"driver": fmt, "node-name": "n%d" % i,
+                "file": {"driver": "file", "filename": p}}
+        if fmt == "qcow2":
+            opts["backing"] = "n%d" % (i - 1) if i else None
+        c.ok("blockdev-add", opts)
+
+
+def stream_on(d, layers, args, limited):
+    paths = make_layers(d.workdir, layers)
+    top = len(layers) - 1
+    flat = os.path.join(d.workdir, "flat.raw")
+    run("qemu-img", "convert", "-U", "-O", "raw", paths[-1], flat)
+    c = d.connect()
+    add_layers(c, layers, paths)
+    a = {"device": "n%d" % top, "job-id": "s0"}
+    a.update(args)
+    if limited:
+        # speed 1: the job copies its first chunk and sleeps; cancelled
+        # then, the top holds that chunk only.
+        a["speed"] = 1
+    c.ok("block-stream", a)
+    offset = None
+    if limited:
+        offset = wait_first_chunk(c, "s0", 1)["offset"]
+        c.ok("block-job-cancel", {"device": "s0", "force": True})
+    wait_status(c, "s0", "null")
+    for i in range(top, -1, -1):
+        c.ok("blockdev-del", {"node-name": "n%d" % i})
+    same_content(paths[-1], flat, layers[-1][0])
+    return [offset] + [facts(p, f[0]) for p, f in zip(paths, layers)]
+
+
+def compare(layers, args=None, limited=False):
+    got = []
+    for cls in (QSD_CLASS, Daemon):
+        with cls() as d:
+            got.append(stream_on(d, layers, args or {}, limited))
+    q, o = got
+    assert q == o, "first chunk or maps differ:\nqsd:  %s\nours: %s" % (
+        json.dumps([q[0], q[-1]]), json.dumps([o[0], o[-1]]))
+
+
+def q2(size, cmds, cluster=64 * KiB):
+    return ("qcow2", size, cluster, cmds)
+
+
+# -- where block-status runs end (the chunks of a rate-limited stream) --
+
+
+def test_run_ends_where_host_offsets_jump():
+    """Guest cluster 64k was written before cluster 0: the run of data at
+    0 is one cluster long in the base, so is the first chunk."""
+    compare([q2(2 * MiB, ["write -P 1 64k 64k", "write -P 2 0 64k",
+                          "write -P 3 128k 384k"]),
+             q2(2 * MiB, [])], limited=True)
+
+
+def test_run_of_zero_clusters_with_host_clusters():
+    """Zeroed clusters that kept their host clusters: a run as long as
+    those are contiguous."""
+    compare([q2(2 * MiB, ["write -P 1 64k 64k", "write -P 2 0 64k",
+                          "write -z 0 128k", "write -P 3 128k 384k"]),
+             q2(2 * MiB, [])], limited=True)
+
+
+def test_run_in_middle_layer():
+    compare([q2(2 * MiB, ["write -P 1 0 2M"]),
+             q2(2 * MiB, ["write -P 1 128k 64k", "write -P 2 0 128k"]),
+             q2(2 * MiB, [])], limited=True)
+
+
+def test_run_ends_with_l2_table():
+    """4 KiB clusters: one L2 table maps 2 MiB; a run ends there."""
+    compare([q2(4 * MiB, ["write -P 1 1792k 1280k"], 4 * KiB),
+             q2(4 * MiB, [])], limited=True)
+
+
+if __name__ == "__main__":
+    Runner(globals()).run()
