@@ -1349,6 +1349,22 @@ static char *json_name(struct bdev *bs)
     return s;
 }
 
+/* Options of the node's own that change what it shows (raw's offset and
+ * size: QEMU's strong runtime options) are in its name. */
+static bool own_opts(const struct bdev *bs)
+{
+    const char *k;
+    json_t *v;
+
+    json_object_foreach(bs->full_opts, k, v) {
+        if (strcmp(k, "driver") && strcmp(k, "file") && strcmp(k, "image") &&
+            strcmp(k, "backing")) {
+            return true;
+        }
+    }
+    return false;
+}
+
 char *bdev_query_filename(struct bdev *bs)
 {
     char *f;
@@ -1364,7 +1380,7 @@ char *bdev_query_filename(struct bdev *bs)
     }
     /* A format takes its file's plain name unless it is a (named) filter
      * or its backing is not the one the header names. */
-    if (!bs->drv->is_filter && !backing_overridden(bs)) {
+    if (!bs->drv->is_filter && !backing_overridden(bs) && !own_opts(bs)) {
         f = bdev_query_filename(bs->file);
         if (!f || !is_json_name(f)) {
             return f;

@@ -10,6 +10,8 @@
 #include "backends/bdev_int.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,8 +287,15 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     size_t i;
     const char *k;
     json_t *v;
+    json_int_t align;
 
     s->state = 1;
+    align = json_integer_value(json_object_get(opts, "align"));
+    if (align < 0) {
+        qmp_error_setg(err, "Parameter 'align' expects a non-negative number "
+                            "below 2^64");
+        return -EINVAL;
+    }
     if (json_object_get(opts, "config")) {
         qmp_error_setg(err, "blkdebug: config files are not supported");
         return -ENOTSUP;
@@ -309,6 +318,12 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     }
     bs->file = bdev_open_child(image, bs->read_only, err);
     if (!bs->file) {
+        goto fail;
+    }
+    /* Checked once the image is open, as in QEMU. */
+    if (align && (align >= INT_MAX || (align & (align - 1)))) {
+        qmp_error_setg(err, "Cannot meet constraints with align %" PRId64,
+                       (int64_t)align);
         goto fail;
     }
     bs->mem_align = bdev_mem_align(bs->file);

@@ -242,7 +242,7 @@ static json_t *image_info(struct bdev *bs, bool flat)
 {
     json_t *img = json_object(), *drv = json_object();
     struct bdev *b = shown_backing(bs);
-    int64_t asz = actual_size(bs);
+    int64_t asz = actual_size(bs), len;
     const char *k;
     json_t *v;
 
@@ -253,11 +253,11 @@ static json_t *image_info(struct bdev *bs, bool flat)
         json_object_set_new(img, "backing-image", image_info(b, false));
     }
     move_key(img, drv, "backing-filename-format");
-    /* QEMU counts lengths in 512-byte sectors: a file's is rounded up. */
+    /* QEMU counts every node's length in 512-byte sectors: rounded up (a
+     * file's, a raw window's over it). */
+    len = bdev_length(bs);
     json_object_set_new(img, "virtual-size",
-                        json_integer(strcmp(bs->drv->name, "file") == 0
-                                         ? (bdev_length(bs) + 511) / 512 * 512
-                                         : bdev_length(bs)));
+                        json_integer(len < 0 ? len : (len + 511) / 512 * 512));
     json_object_set_new(img, "filename", name_value(bs));
     if (json_object_get(drv, "cluster-size")) {
         move_key(img, drv, "cluster-size");

@@ -241,6 +241,12 @@ static int file_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         qmp_error_setg(err, "Parameter 'filename' is missing");
         return -EINVAL;
     }
+    if (json_is_string(json_object_get(opts, "pr-manager"))) {
+        /* There are no objects to name (no object-add). */
+        qmp_error_setg(err, "No persistent reservation manager with id '%s'",
+                       json_string_value(json_object_get(opts, "pr-manager")));
+        return -EINVAL;
+    }
     if (aio && strcmp(aio, "native") == 0 && !bs->cache_direct) {
         qmp_error_setg(err, "aio=native was specified, but it requires "
                             "cache.direct=on, which was not specified.");

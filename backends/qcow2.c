@@ -2417,6 +2417,58 @@ static int prepare_write(struct q2 *s, struct qmp_error *err)
     return 0;
 }
 
+/* The driver's options, checked once the header is read, in the order of
+ * QEMU 7.2's qcow2_update_options_prepare. */
+static int check_options(struct q2 *s, json_t *opts, struct qmp_error *err)
+{
+    static const char *const sizes[] = {"cache-size", "l2-cache-size",
+                                        "l2-cache-entry-size",
+                                        "refcount-cache-size"};
+    json_t *v;
+
+    if (!opts) {
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        v = json_object_get(opts, sizes[i]);
+        if (json_is_integer(v) && json_integer_value(v) < 0) {
+            qmp_error_setg(err,
+                           "Parameter '%s' expects a non-negative number "
+                           "below 2^64",
+                           sizes[i]);
+            return -EINVAL;
+        }
+    }
+    v = json_object_get(opts, "cache-clean-interval");
+    if (json_is_integer(v) && (json_integer_value(v) < 0 ||
+                               json_integer_value(v) > (json_int_t)UINT_MAX)) {
+        qmp_error_setg(err, "Cache clean interval too big");
+        return -EINVAL;
+    }
+    /* lazy-refcounts=on is accepted on v3 images (as QEMU does) but we
+     * keep refcounts exact anyway: the image stays clean at every flush, so
+     * the only cost is the ordering we already do. v2 cannot have it. */
+    if (json_is_true(json_object_get(opts, "lazy-refcounts")) &&
+        s->m.h.version < 3) {
+        qmp_error_setg(err, "Lazy refcounts require a qcow2 image with at "
+                            "least qemu 1.1 compatibility level");
+        return -EINVAL;
+    }
+    v = json_object_get(opts, "encrypt");
+    if (json_is_object(v)) {
+        if (s->m.h.crypt_method == 0) {
+            qmp_error_setg(err,
+                           "No encryption in image header, but options "
+                           "specified format '%s'",
+                           json_string_value(json_object_get(v, "format")));
+            return -EINVAL;
+        }
+        qmp_error_setg(err, "Encrypted qcow2 images are not supported");
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
 static int open_backing(struct bdev *bs, struct q2 *s, json_t *opts,
                         struct qmp_error *err)
 {
@@ -2463,11 +2515,6 @@ static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     if (opts && ((v = json_object_get(opts, "data-file")) != NULL &&
                  !json_is_null(v))) {
         qmp_error_setg(err, "External data files are not supported");
-        return -ENOTSUP;
-    }
-    if (opts &&
-        ((v = json_object_get(opts, "encrypt")) != NULL && !json_is_null(v))) {
-        qmp_error_setg(err, "Encrypted qcow2 images are not supported");
         return -ENOTSUP;
     }
 
@@ -2522,14 +2569,8 @@ static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         qmp_error_setg(err, "%s", msg);
         goto fail;
     }
-    /* lazy-refcounts=on is accepted on v3 images (as QEMU does) but we
-     * keep refcounts exact anyway: the image stays clean at every flush, so
-     * the only cost is the ordering we already do. v2 cannot have it. */
-    if (opts && json_is_true(json_object_get(opts, "lazy-refcounts")) &&
-        s->m.h.version < 3) {
-        qmp_error_setg(err, "Lazy refcounts require a qcow2 image with at "
-                            "least qemu 1.1 compatibility level");
-        ret = -EINVAL;
+    ret = check_options(s, opts, err);
+    if (ret) {
         goto fail;
     }
     if (!bs->read_only) {

@@ -24,24 +24,47 @@ static int raw_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     }
     if (off && (!json_is_integer(off) || json_integer_value(off) < 0)) {
         qmp_error_setg(err, "Parameter 'offset' expects a non-negative "
-                            "value");
+                            "number below 2^64");
         return -EINVAL;
     }
     if (size && (!json_is_integer(size) || json_integer_value(size) < 0)) {
-        qmp_error_setg(err, "Parameter 'size' expects a non-negative value");
+        qmp_error_setg(err, "Parameter 'size' expects a non-negative number "
+                            "below 2^64");
         return -EINVAL;
     }
+    flen = (flen + 511) / 512 * 512; /* QEMU's length: whole sectors */
     st->offset = off ? (uint64_t)json_integer_value(off) : 0;
     st->has_size = size != NULL;
     st->size = size ? (uint64_t)json_integer_value(size) : 0;
-    if (st->offset > (uint64_t)flen ||
-        (st->has_size && st->size > (uint64_t)flen - st->offset)) {
+    if (st->offset > (uint64_t)flen) {
+        qmp_error_setg(err,
+                       "Offset (%" PRIu64 ") cannot be greater than size of "
+                       "the containing file (%" PRId64 ")",
+                       st->offset, flen);
+        return -EINVAL;
+    }
+    if (st->has_size && st->size > (uint64_t)flen - st->offset) {
         qmp_error_setg(err,
                        "The sum of offset (%" PRIu64 ") and size (%" PRIu64
                        ") has to be smaller or equal to the  actual size of "
                        "the containing file (%" PRId64 ")",
                        st->offset, st->size, flen);
         return -EINVAL;
+    }
+    if (off || size) {
+        /* Options that change what the node shows: QEMU names it with
+         * them (json:{...}) instead of taking its file's name. */
+        bs->full_opts = json_pack("{s:s}", "driver", "raw");
+        if (off) {
+            json_object_set(bs->full_opts, "offset", off);
+        }
+        if (size) {
+            json_object_set(bs->full_opts, "size", size);
+        }
+        if (bs->file->full_opts) {
+            json_object_set(bs->full_opts, "file", bs->file->full_opts);
+        }
+        bs->filename = bdev_json_filename(bs->full_opts);
     }
     return 0;
 }

@@ -180,4 +180,69 @@ def test_empty_cache():
     compare(script)
 
 
+def test_option_checks():
+    def script(d):
+        q = {"driver": "qcow2", "file": f(d, "a.qcow2")}
+        return [
+            (ADD, dict(q, **{"node-name": "x1", "cache-size": -1})),
+            (ADD, dict(q, **{"node-name": "x2", "l2-cache-size": -4096})),
+            (ADD, dict(q, **{"node-name": "x3",
+                             "cache-clean-interval": -1})),
+            (ADD, dict(q, **{"node-name": "x4",
+                             "cache-clean-interval": 1 << 33})),
+            (ADD, dict(q, **{"node-name": "x5",
+                             "encrypt": {"format": "luks"}})),
+            (ADD, dict(q, **{"node-name": "x6",
+                             "encrypt": {"format": "aes"}})),
+            # the header is read first
+            (ADD, {"driver": "qcow2", "node-name": "x7",
+                   "file": f(d, "plain.raw"), "cache-size": -1}),
+            (ADD, {"driver": "raw", "node-name": "x8",
+                   "file": f(d, "plain.raw"), "size": -1}),
+            (ADD, {"driver": "raw", "node-name": "x9",
+                   "file": f(d, "plain.raw"), "offset": -512}),
+            (ADD, {"driver": "blkdebug", "node-name": "x10",
+                   "image": f(d, "plain.raw"), "align": 3}),
+            (ADD, {"driver": "blkdebug", "node-name": "x11",
+                   "image": f(d, "missing"), "align": 3}),
+            (ADD, {"driver": "blkdebug", "node-name": "x12",
+                   "image": f(d, "plain.raw"), "align": -1}),
+            (ADD, {"driver": "file", "node-name": "x13", "filename": ""}),
+            (ADD, f(d, "plain.raw", **{"node-name": "x14",
+                                       "pr-manager": "x"})),
+            (ADD, f(d, "plain.raw", **{"node-name": "x15",
+                                       "pr-manager": "x", "aio": "native"})),
+            (ADD, {"driver": "blkdebug", "node-name": "x16",
+                   "image": f(d, "plain.raw"), "align": 4096}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
+def test_raw_offset_size():
+    # raw's offset and size name the node (json:{...}); the file's length
+    # is counted in whole sectors
+    def script(d):
+        r = {"driver": "raw", "file": f(d, "plain.raw")}
+        o = {"driver": "raw", "file": f(d, "odd.raw")}
+        return [
+            (ADD, dict(r, **{"node-name": "r1", "offset": 0})),
+            (ADD, dict(r, **{"node-name": "r2", "offset": 512,
+                             "size": 1024})),
+            (ADD, dict(o, **{"node-name": "r3", "size": 1024})),
+            (ADD, dict(o, **{"node-name": "r4", "size": 2048})),
+            (ADD, dict(o, **{"node-name": "r5", "offset": 1025})),
+            (ADD, dict(o, **{"node-name": "r6", "offset": 512,
+                             "size": 1000})),
+            (ADD, {"driver": "qcow2", "node-name": "q1", "file": {
+                "driver": "raw", "file": f(d, "a.qcow2"),
+                "size": 1048576}}),
+            (ADD, {"driver": "qcow2", "node-name": "q2", "file": {
+                "driver": "raw", "file": f(d, "b.qcow2"), "offset": 0}}),
+            ("query-named-block-nodes", {"flat": True}),
+            ("query-named-block-nodes", {}),
+        ]
+    compare(script)
+
+
 qmp.Runner(globals()).run()

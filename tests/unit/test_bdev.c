@@ -386,10 +386,18 @@ static void test_raw(void **state)
                                path);
     struct test_io_done d = {0};
     uint8_t *buf = bdev_buf_alloc(8192);
+    char *name;
 
     (void)state;
     assert_int_equal(bdev_length(r), 8192);
-    assert_string_equal(bdev_filename(r), path);
+    /* offset and size name the node, as in QEMU */
+    assert_true(asprintf(&name,
+                         "json:{\"offset\": 4096, \"driver\": \"raw\", "
+                         "\"size\": 8192, \"file\": {\"driver\": \"file\", "
+                         "\"filename\": \"%s\"}}",
+                         path) > 0);
+    assert_string_equal(bdev_filename(r), name);
+    free(name);
     assert_int_equal(bdev_read(r, 0, 8192, buf, test_io_cb, &d), 0);
     test_io_wait(&d, 1);
     assert_int_equal(buf[0], 8);     /* byte 4096 of the file: sector 8 */
