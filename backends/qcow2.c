@@ -151,6 +151,10 @@ struct q2 {
     struct q2_waiter *wq_head, **wq_tail;
     bool waking, wake_again;
     bool wb_running;
+    /* lazy-refcounts in use: QEMU sets the dirty bit at the first cluster
+     * linked in and clears it at close or a read-only reopen. We keep the
+     * refcounts exact and the header clean, and only show the bit. */
+    bool lazy, shown_dirty;
     uint64_t wb_started, wb_done;
     int wb_ret;
     bool meta_busy; /* refcount block creation / table growth */
@@ -1558,6 +1562,9 @@ static void alloc_link(struct q2_alloc *a)
         l2_set(s, e, a->gc + i, nv);
     }
     cache_mark_dirty(s, &s->l2c, e);
+    if (s->lazy) {
+        s->shown_dirty = true;
+    }
     alloc_end(a, 0);
 }
 
@@ -2573,6 +2580,11 @@ static int qcow2_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     if (ret) {
         goto fail;
     }
+    v = opts ? json_object_get(opts, "lazy-refcounts") : NULL;
+    s->lazy =
+        json_is_boolean(v)
+            ? json_is_true(v)
+            : (s->m.h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
     if (!bs->read_only) {
         ret = prepare_write(s, err);
         if (ret) {
@@ -2671,6 +2683,7 @@ static int qcow2_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
     if (read_write) {
         return prepare_write(s, err);
     }
+    s->shown_dirty = false;
     ret = wb_sync(s);
     if (!ret) {
         ret = bdev_child_flush_sync(bs->file);
@@ -2741,7 +2754,8 @@ static void qcow2_info(struct bdev *bs, json_t *info)
     }
     json_object_set_new(
         info, "dirty-flag",
-        json_boolean(h->incompatible_features & QCOW2_INCOMPAT_DIRTY));
+        json_boolean((h->incompatible_features & QCOW2_INCOMPAT_DIRTY) ||
+                     s->shown_dirty));
 }
 
 const struct bdev_driver bdev_drv_qcow2 = {

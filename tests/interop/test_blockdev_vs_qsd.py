@@ -26,15 +26,21 @@ def make_tree(d):
     run("qemu-img", "create", "-q", "-f", "raw", d + "/odd.raw", "1000")
     run("qemu-img", "create", "-q", "-f", "qcow2", d + "/a.qcow2", "1M")
     run("qemu-img", "create", "-q", "-f", "qcow2", d + "/b.qcow2", "1M")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 7 0 192k", d + "/b.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+        "-b", "b.qcow2", "-F", "qcow2", d + "/lazy.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+        "qcow2", d + "/over.qcow2")
 
 
 def f(d, name, **kw):
     return dict({"driver": "file", "filename": d + "/" + name}, **kw)
 
 
-def compare(script):
+def compare(script, ignore_actual_size=False):
     """script(d) -> [(command, arguments)]: run on both, all replies the
-    same (the directory and implicit names' digits aside)."""
+    same (the directory and implicit names' digits aside; ignore_actual_size:
+    the allocated bytes of images written to, which differ)."""
     base = qmp.tempfile.mkdtemp(prefix="bdadd-")
     try:
         out = []
@@ -46,7 +52,15 @@ def compare(script):
             with cls() as dm:
                 c = dm.connect()
                 for name, args in script(d):
-                    text = json.dumps(c.cmd(name, args)).replace(d, "@")
+                    if name == "wait-completed":  # a job's end
+                        r = c.event("BLOCK_JOB_COMPLETED")
+                        r = {"event": r["event"], "data": r["data"]}
+                    else:
+                        r = c.cmd(name, args)
+                    text = json.dumps(r).replace(d, "@")
+                    if ignore_actual_size:
+                        text = re.sub(r'"actual-size": \d+', '"actual-size"',
+                                      text)
                     replies.append(re.sub(r"#block\d+", "#block", text))
                 c.close()
             out.append(replies)
@@ -243,6 +257,33 @@ def test_raw_offset_size():
             ("query-named-block-nodes", {}),
         ]
     compare(script)
+
+
+
+def test_lazy_refcounts_dirty():
+    # qsd's qcow2 sets the dirty bit at the first cluster a lazy-refcounts
+    # node links in (the image's compat bit or the option) and clears it
+    # when the node goes read-only again
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "lz",
+                   "file": f(d, "lazy.qcow2")}),
+            (ADD, {"driver": "qcow2", "node-name": "ov",
+                   "file": f(d, "over.qcow2"), "lazy-refcounts": True}),
+            ("query-named-block-nodes", {"flat": True}),
+            ("block-stream", {"device": "lz", "job-id": "j1"}),
+            ("wait-completed", None),
+            ("block-stream", {"device": "ov", "job-id": "j2"}),
+            ("wait-completed", None),
+            ("query-named-block-nodes", {"flat": True}),
+            ("blockdev-del", {"node-name": "lz"}),
+            ("blockdev-del", {"node-name": "ov"}),
+            (ADD, {"driver": "qcow2", "node-name": "ro", "read-only": True,
+                   "file": f(d, "lazy.qcow2"), "backing": {
+                       "driver": "qcow2", "file": f(d, "b.qcow2")}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script, ignore_actual_size=True)
 
 
 qmp.Runner(globals()).run()
