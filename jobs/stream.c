@@ -41,6 +41,10 @@ struct stream_req {
     enum req_state st;
     uint64_t off;
     uint64_t bytes;
+    /* What is read and written: [off, off + bytes) rounded out to the
+     * top's clusters, as QEMU's copy-on-read does (one write, zeroes if
+     * all of it reads as zeroes). */
+    uint64_t ioff, ibytes;
     void *buf;
     bool zero_fallback; /* write-zeroes refused: written as data */
 };
@@ -66,6 +70,8 @@ struct stream_job {
      * the top is not asked again for it (asking it about the rest of the
      * disk after every run made the scan quadratic). */
     uint64_t top_free_end;
+    uint64_t cluster;    /* the top's: copies are rounded out to it */
+    uint64_t copied_end; /* [scan, copied_end) was copied by rounding */
     bool querying;
     bool failing; /* a report error: issue nothing more */
     int first_err;
@@ -161,6 +167,9 @@ static void req_failed(struct stream_req *r, int ret)
         }
         r->st = REQ_DEAD;
         s->failing = true;
+        /* QEMU breaks out of its loop at once: a job sleeping off the
+         * rate limit of a chunk issued after this one ends now. */
+        job_wake(&s->common.job);
         break;
     }
 }
@@ -172,14 +181,14 @@ static void issue_write(struct stream_req *r)
     struct stream_job *s = r->s;
     int ret;
 
-    if (!r->zero_fallback && buffer_is_zero(r->buf, r->bytes)) {
-        ret = bdev_write_zeroes(s->top, r->off, r->bytes, write_done, r);
+    if (!r->zero_fallback && buffer_is_zero(r->buf, r->ibytes)) {
+        ret = bdev_write_zeroes(s->top, r->ioff, r->ibytes, write_done, r);
         if (ret != -ENOTSUP) {
             goto out;
         }
         r->zero_fallback = true;
     }
-    ret = bdev_write(s->top, r->off, r->bytes, r->buf, write_done, r);
+    ret = bdev_write(s->top, r->ioff, r->ibytes, r->buf, write_done, r);
 out:
     if (ret < 0) {
         write_done(r, ret);
@@ -227,7 +236,7 @@ static void issue_req(struct stream_req *r)
 
     r->st = REQ_BUSY;
     job_io_begin(&s->common.job);
-    ret = bdev_read(s->filter ? s->filter : s->top, r->off, r->bytes, r->buf,
+    ret = bdev_read(s->filter ? s->filter : s->top, r->ioff, r->ibytes, r->buf,
                     read_done, r);
     if (ret < 0) {
         read_done(r, ret);
@@ -262,6 +271,7 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
         }
         if (a == BLOCKJOB_ACTION_REPORT) {
             s->failing = true;
+            job_wake(&s->common.job);
         } else if (a == BLOCKJOB_ACTION_IGNORE) {
             uint64_t n =
                 s->len - s->scan < s->chunk ? s->len - s->scan : s->chunk;
@@ -306,6 +316,11 @@ static void issue_query(struct stream_job *s)
     }
     s->querying = true;
     job_io_begin(&s->common.job);
+    if (s->scan < s->copied_end) {
+        /* Allocated in the top now (the end of a rounded copy): skip. */
+        chain_status_done(s, 0, 0, s->copied_end - s->scan);
+        return;
+    }
     if (s->scan < s->top_free_end) {
         /* The top's answer is known: ask the chain below it. */
         top_status_done(s, 0, 0, s->top_free_end - s->scan);
@@ -382,12 +397,26 @@ static void stream_run(struct job *job)
              * current offset) does, so progress after an error or a pause
              * is the same offset qsd shows. Runs start where an allocation
              * status changes, i.e. on cluster boundaries of the layers. */
+            if (s->scan < s->copied_end) {
+                /* Copied by the previous chunk's rounding: allocated in
+                 * the top now, skipped as QEMU's next iteration does. */
+                s->scan = s->copied_end;
+                update_progress(s);
+                continue;
+            }
             end = s->scan + s->chunk;
             if (end > s->run_end) {
                 end = s->run_end;
             }
             r->off = s->scan;
             r->bytes = end - s->scan;
+            r->ioff = r->off - r->off % s->cluster;
+            r->ibytes = end + (s->cluster - end % s->cluster) % s->cluster;
+            if (r->ibytes > s->len) {
+                r->ibytes = s->len;
+            }
+            s->copied_end = r->ibytes;
+            r->ibytes -= r->ioff;
             s->scan = end;
             blockjob_ratelimit_account(&s->common, r->bytes);
             issue_req(r);
@@ -605,6 +634,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         s->claimed[s->n_claimed++] = n;
     }
     cluster = bdev_cluster_size(p->top);
+    s->cluster = cluster ? cluster : 1;
     s->chunk = p->chunk ? p->chunk : STREAM_CHUNK;
     if (cluster > s->chunk) {
         s->chunk = cluster;
@@ -612,11 +642,13 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     s->depth = p->queue_depth ? p->queue_depth : STREAM_QUEUE_DEPTH;
     if (s->bottom) {
         int64_t len = bdev_length(p->top);
+        size_t stride;
 
         s->len = len > 0 ? (uint64_t)len : 0;
         job_progress_set_total(job, s->len);
         s->reqs = calloc(s->depth, sizeof(*s->reqs));
-        s->bufs = bdev_buf_alloc(s->chunk * s->depth);
+        stride = s->chunk + 2 * (s->cluster < 4096 ? 4096 : s->cluster);
+        s->bufs = bdev_buf_alloc(stride * s->depth);
         if (!s->reqs || !s->bufs) {
             /* Too big for memory: fail like an I/O error would. */
             s->failing = true;
@@ -625,7 +657,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         }
         for (unsigned i = 0; i < s->depth; i++) {
             s->reqs[i].s = s;
-            s->reqs[i].buf = (char *)s->bufs + (size_t)i * s->chunk;
+            s->reqs[i].buf = (char *)s->bufs + (size_t)i * stride;
         }
     } else {
         s->scan = s->len = 0; /* QEMU reports len 0 for a no-op stream */

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Block-job verbs and rate limits against qemu-storage-daemon 7.2: the
+same sessions on qsd and on blockjobd must give the same replies and events
+in the same order (timestamps aside) and the same job offsets, and leave the
+same images (run_both of test_stream_vs_qsd).
+
+Jobs run with small speeds: after a chunk they sleep for hours, so only the
+session (a verb, an error) moves them on; between steps the session waits
+for an event or for the job to sleep again (wait_first_chunk)."""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+from stream_util import (  # noqa: E402
+    KiB, Runner, add_chain, add_erroring_raw_chain, del_nodes, make_chain,
+    make_raw_base, require, wait_first_chunk)
+from test_stream_vs_qsd import run_both  # noqa: E402
+
+require("qemu-storage-daemon", "qemu-img", "qemu-io")
+
+
+def test_set_speed_raised_while_sleeping():
+    """A higher speed wakes a job sleeping in its rate limit: one chunk
+    goes through, then it sleeps at the new speed; a lower or equal speed
+    leaves it asleep; a resume after a pause lets one chunk through."""
+    def scenario(s, w):
+        paths = make_chain(w)
+        add_chain(s.c, paths)
+        s.cmd("block-stream", {"device": "top", "job-id": "s0", "speed": 1})
+        wait_first_chunk(s.c, "s0")
+        s.cmd("query-block-jobs")
+        s.cmd("block-job-set-speed", {"device": "s0", "speed": 4096})
+        wait_first_chunk(s.c, "s0", 1024 * KiB)
+        s.cmd("query-block-jobs")
+        s.cmd("block-job-set-speed", {"device": "s0", "speed": 4096})
+        s.cmd("block-job-set-speed", {"device": "s0", "speed": 2048})
+        s.cmd("query-block-jobs")
+        s.cmd("block-job-pause", {"device": "s0"})
+        s.cmd("block-job-set-speed", {"device": "s0", "speed": 8192})
+        s.cmd("query-block-jobs")
+        s.cmd("block-job-resume", {"device": "s0"})
+        wait_first_chunk(s.c, "s0", 1536 * KiB)
+        s.cmd("query-block-jobs")
+        s.cmd("block-job-cancel", {"device": "s0", "force": True})
+        s.cmd("query-jobs")
+        del_nodes(s.c, "top", "mid", "base")
+        return [(p, "qcow2") for p in paths[:3]]
+    run_both(scenario)
+
+
+def limited_error_scenario(policy):
+    """A rate-limited stream whose first chunk fails to read."""
+    def scenario(s, w):
+        raw, top = make_raw_base(w)
+        add_erroring_raw_chain(s.c, raw, top, 5, sectors=(0,))
+        s.cmd("block-stream", {"device": "top", "job-id": "e0", "speed": 1,
+                               "on-error": policy})
+        if policy == "report":
+            # qsd ends the job at once, it does not sleep first.
+            s.wait("e0", "null")
+        elif policy == "stop":
+            s.wait("e0", "paused")
+            s.cmd("query-block-jobs")
+            s.cmd("block-job-resume", {"device": "e0"})
+            # The failed chunk only, then the job sleeps again.
+            wait_first_chunk(s.c, "e0")
+            s.cmd("query-block-jobs")
+        else:
+            s.event("BLOCK_JOB_ERROR")
+            wait_first_chunk(s.c, "e0")
+            s.cmd("query-block-jobs")
+        s.cmd("query-jobs")
+        if policy != "report":
+            s.cmd("block-job-cancel", {"device": "e0", "force": True})
+        del_nodes(s.c, "top", "base")
+        return [(top, "qcow2")]
+    return scenario
+
+
+def test_error_while_rate_limited():
+    for policy in ("report", "stop", "ignore"):
+        run_both(limited_error_scenario(policy))
+
+
+if __name__ == "__main__":
+    Runner(globals()).run()
