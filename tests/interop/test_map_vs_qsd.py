@@ -102,6 +102,45 @@ def q2(size, cmds, cluster=64 * KiB):
     return ("qcow2", size, cluster, cmds)
 
 
+# -- what a copied chunk leaves: data, or zero clusters if all of it is zero
+# (QEMU's copy-on-read rounds each chunk out to the top's clusters and
+# writes it at once) --
+
+
+def test_partly_zero_chunk_is_data():
+    compare([q2(2 * MiB, ["write -P 0x11 0 64k", "write -P 0 64k 1M"]),
+             q2(2 * MiB, [])])
+
+
+def test_zero_chunks_and_zero_clusters():
+    compare([q2(2 * MiB, ["write -P 0 0 1M", "write -P 0x11 1M 1M",
+                          "write -z 1088k 128k"]),
+             q2(2 * MiB, [])])
+
+
+def test_raw_base_with_holes():
+    compare([("raw", 2 * MiB, 0, ["write -P 0x11 0 64k",
+                                  "write -P 0x22 1M 4k"]),
+             q2(2 * MiB, [])])
+
+
+def test_chunk_rounded_to_bigger_top_clusters():
+    """A zero cluster of the base fills half a 128 KiB cluster of the top:
+    the whole top cluster is copied, and reads as zeroes."""
+    compare([q2(2 * MiB, ["write -P 0x11 0 64k", "write -P 0 64k 64k",
+                          "write -z 192k 64k"]),
+             q2(2 * MiB, [], 128 * KiB)])
+
+
+def test_rounded_chunk_ends_inside_next_run():
+    """4 KiB clusters below 64 KiB ones: a 512 KiB chunk ending inside a
+    top cluster copies up to that cluster's end; the next chunk starts
+    there (all zeroes: zero clusters)."""
+    compare([q2(2 * MiB, ["write -P 0 1184k 864k", "write -P 0 1068k 4k",
+                          "write -P 198 1340k 128k"], 4 * KiB),
+             q2(2 * MiB, [])])
+
+
 # -- where block-status runs end (the chunks of a rate-limited stream) --
 
 
