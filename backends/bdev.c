@@ -31,6 +31,7 @@ struct inherit {
     bool cache_direct;
     bool cache_no_flush;
     bool auto_read_only;
+    bool force_share;
 };
 
 struct later {
@@ -268,6 +269,9 @@ static void parent_perms(const struct bdev *p, const struct bdev *child,
         }
     }
     /* A backing child: nothing needed while no user reads the image. */
+    if (child->force_share) {
+        *shared = BDEV_PERM_ALL; /* QEMU's bdrv_child_perm: force-share */
+    }
 }
 
 static void perm_list(unsigned bits, char *buf, size_t len)
@@ -1458,7 +1462,8 @@ static struct bdev *open_node(json_t *opts, bool monitor,
     bs->cache_direct = mine.cache_direct;
     bs->cache_no_flush = mine.cache_no_flush;
     bs->auto_read_only = mine.auto_read_only;
-    bs->force_share = opt_bool(opts, "force-share", false);
+    mine.force_share = opt_bool(opts, "force-share", mine.force_share);
+    bs->force_share = mine.force_share;
     v = json_object_get(opts, "detect-zeroes");
     bs->detect_zeroes = "off";
     if (json_is_string(v) && strcmp(json_string_value(v), "on") == 0) {
@@ -1611,9 +1616,17 @@ struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err)
     return open_node(opts, monitor, NULL, err);
 }
 
-struct bdev *bdev_open_child(json_t *ref, bool read_only, struct qmp_error *err)
+struct bdev *bdev_open_child(struct bdev *parent, json_t *ref, bool backing,
+                             struct qmp_error *err)
 {
-    struct inherit inh = {.read_only = read_only};
+    /* QEMU's bdrv_inherited_options: cache modes and force-share come
+     * down; a backing is read-only (and not auto-read-only) by default, an
+     * image child takes the parent's. */
+    struct inherit inh = {.read_only = backing || parent->read_only,
+                          .cache_direct = parent->cache_direct,
+                          .cache_no_flush = parent->cache_no_flush,
+                          .auto_read_only = !backing && parent->auto_read_only,
+                          .force_share = parent->force_share};
 
     return open_child(ref, &inh, err);
 }
@@ -1773,6 +1786,7 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
     }
     inh.cache_direct = parent->cache_direct;
     inh.cache_no_flush = parent->cache_no_flush;
+    inh.force_share = parent->force_share;
     opts = json_object();
     json_object_set_new(opts, "driver", json_string(format));
     fopts = json_object();
@@ -2394,10 +2408,25 @@ static int reopen_one(struct bdev *bs, bool rw, struct qmp_error *err)
     return 0;
 }
 
+/* A node or a child it opened itself (QEMU's reopen queue) has
+ * force-share: a read-write reopen cannot keep it. */
+static bool force_share_in(const struct bdev *bs, bool top)
+{
+    if (!bs || (!top && bs->monitor_owned)) {
+        return false;
+    }
+    return bs->force_share || force_share_in(bs->file, false) ||
+           force_share_in(bs->backing, false);
+}
+
 static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
 {
     int ret;
 
+    if (read_write && force_share_in(bs, true)) {
+        qmp_error_setg(err, "Cannot change the option 'force-share'");
+        return -EINVAL;
+    }
     if (read_write && explicit_ro_below(bs)) {
         qmp_error_setg(err, "Block node is read-only");
         return -EACCES;

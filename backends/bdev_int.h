@@ -169,7 +169,7 @@ struct bdev {
  * implicit node) and takes a reference on it. The parent stores it in
  * bs->file / bs->backing; bdev.c drops those references after drv->close
  * (drivers must not unref bs->file or bs->backing themselves). */
-struct bdev *bdev_open_child(json_t *ref, bool read_only,
+struct bdev *bdev_open_child(struct bdev *parent, json_t *ref, bool backing,
                              struct qmp_error *err);
 /* Opens the backing chain named in an image header: filename relative to the
  * directory of `parent`'s file, format may be NULL (probe). Read-only. */

@@ -316,7 +316,7 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
             goto fail;
         }
     }
-    bs->file = bdev_open_child(image, bs->read_only, err);
+    bs->file = bdev_open_child(bs, image, false, err);
     if (!bs->file) {
         goto fail;
     }
@@ -342,7 +342,15 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
         }
     }
     bs->full_opts = fo;
-    bs->filename = bdev_json_filename(fo);
+    if (json_object_size(fo) == 2 && bs->file->filename &&
+        strncmp(bs->file->filename, "json:", 5) != 0) {
+        /* No rules or settings: QEMU's blkdebug:<config>:<image> name. */
+        if (asprintf(&bs->filename, "blkdebug::%s", bs->file->filename) < 0) {
+            bs->filename = NULL;
+        }
+    } else {
+        bs->filename = bdev_json_filename(fo);
+    }
     return 0;
 
 fail:

@@ -2493,7 +2493,7 @@ static int open_backing(struct bdev *bs, struct q2 *s, json_t *opts,
     if (json_is_null(b)) {
         return 0;
     }
-    bs->backing = bdev_open_child(b, true, err);
+    bs->backing = bdev_open_child(bs, b, true, err);
     if (!bs->backing) {
         qmp_error_prepend(err, "Could not open backing file: ");
         return -EINVAL;

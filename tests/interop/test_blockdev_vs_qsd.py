@@ -286,4 +286,63 @@ def test_lazy_refcounts_dirty():
     compare(script, ignore_actual_size=True)
 
 
+
+def test_inherited_options():
+    # children opened by a node (its file, a backing given or named in the
+    # header, blkdebug's image) take its cache modes and force-share
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "fs", "read-only": True,
+                   "force-share": True, "file": f(d, "lazy.qcow2")}),
+            # the implicit backing shares writes: no lock conflict
+            (ADD, {"driver": "qcow2", "node-name": "w",
+                   "file": f(d, "b.qcow2")}),
+            (ADD, {"driver": "qcow2", "node-name": "w2",
+                   "file": f(d, "lazy.qcow2")}),
+            ("blockdev-del", {"node-name": "w"}),
+            ("blockdev-del", {"node-name": "fs"}),
+            (ADD, {"driver": "qcow2", "node-name": "c",
+                   "cache": {"direct": True, "no-flush": True},
+                   "file": f(d, "a.qcow2"),
+                   "backing": {"driver": "qcow2", "file": f(d, "b.qcow2")}}),
+            (ADD, {"driver": "blkdebug", "node-name": "bd",
+                   "cache": {"no-flush": True},
+                   "image": f(d, "plain.raw")}),
+            (ADD, {"driver": "qcow2", "node-name": "c2",
+                   "cache": {"no-flush": True}, "file": f(d, "over.qcow2")}),
+            ("query-named-block-nodes", {"flat": True}),
+            (ADD, {"driver": "qcow2", "node-name": "fs3", "read-only": True,
+                   "force-share": True, "file": f(d, "lazy.qcow2"),
+                   "backing": {"driver": "qcow2", "read-only": False,
+                               "file": f(d, "plain.raw")}}),
+        ]
+    compare(script)
+
+
+def test_stream_of_force_share():
+    # the read-write reopen for a stream cannot keep force-share on the top
+    # or on a child it opened (its file, its backing)
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "fs", "read-only": True,
+                   "force-share": True, "file": f(d, "lazy.qcow2")}),
+            ("block-stream", {"device": "fs", "job-id": "j1"}),
+            (ADD, {"driver": "qcow2", "node-name": "fs2", "read-only": True,
+                   "file": f(d, "over.qcow2", **{"force-share": True})}),
+            ("block-stream", {"device": "fs2", "job-id": "j2"}),
+            ("blockdev-del", {"node-name": "fs2"}),
+            (ADD, {"driver": "qcow2", "node-name": "fs3", "read-only": True,
+                   "file": f(d, "a.qcow2", **{"force-share": True,
+                                              "read-only": True})}),
+            ("block-stream", {"device": "fs3", "job-id": "j3"}),
+            (ADD, {"driver": "qcow2", "node-name": "t", "read-only": True,
+                   "file": f(d, "over.qcow2"),
+                   "backing": {"driver": "qcow2", "force-share": True,
+                               "read-only": True, "file": f(d, "b.qcow2")}}),
+            ("block-stream", {"device": "t", "job-id": "j4"}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
 qmp.Runner(globals()).run()
