@@ -235,27 +235,41 @@ static void remove_rule(struct blkdebug_state *s, struct rule *r)
     }
 }
 
-static void flatten(json_t *dst, const char *prefix, json_t *v)
+/* Members of a rule in QAPI schema order (BlkdebugInjectErrorOptions,
+ * BlkdebugSetStateOptions). */
+static const char *const rule_keys[] = {"event",  "state",      "new_state",
+                                        "iotype", "errno",      "sector",
+                                        "once",   "immediately"};
+
+/* Flattens to dotted keys. QEMU's QDict lists keys of one hash bucket in
+ * the order its copies leave them: the schema's (list items in order) for a
+ * node the monitor adds, the reverse for a child (its options were copied
+ * out of the parent's once more); bdev_json_filename lists the newest
+ * first, so `last_first` inserts in reverse. */
+static void flatten(json_t *dst, const char *prefix, json_t *v, bool last_first)
 {
     char *key;
 
     if (json_is_object(v)) {
-        const char *k;
-        json_t *m;
+        size_t n = sizeof(rule_keys) / sizeof(rule_keys[0]);
 
-        json_object_foreach(v, k, m) {
-            if (asprintf(&key, "%s.%s", prefix, k) >= 0) {
-                flatten(dst, key, m);
+        for (size_t j = 0; j < n; j++) {
+            const char *rk = rule_keys[last_first ? n - 1 - j : j];
+            json_t *m = json_object_get(v, rk);
+
+            if (m && asprintf(&key, "%s.%s", prefix, rk) >= 0) {
+                flatten(dst, key, m, last_first);
                 free(key);
             }
         }
     } else if (json_is_array(v)) {
-        size_t i;
-        json_t *m;
+        size_t n = json_array_size(v);
 
-        json_array_foreach(v, i, m) {
+        for (size_t j = 0; j < n; j++) {
+            size_t i = last_first ? n - 1 - j : j;
+
             if (asprintf(&key, "%s.%zu", prefix, i) >= 0) {
-                flatten(dst, key, m);
+                flatten(dst, key, json_array_get(v, i), last_first);
                 free(key);
             }
         }
@@ -335,10 +349,13 @@ static int blkdebug_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     json_object_set(fo, "image",
                     bs->file->full_opts ? bs->file->full_opts : image);
     json_object_set_new(fo, "driver", json_string("blkdebug"));
-    json_object_foreach(opts, k, v) {
-        if (strcmp(k, "inject-error") == 0 || strcmp(k, "set-state") == 0 ||
-            strcmp(k, "align") == 0) {
-            flatten(fo, k, v);
+    /* The schema's order (see flatten). */
+    for (i = 0; i < 3; i++) {
+        k = (const char *[]){"align", "inject-error",
+                             "set-state"}[bs->implicit ? i : 2 - i];
+        v = json_object_get(opts, k);
+        if (v) {
+            flatten(fo, k, v, !bs->implicit);
         }
     }
     bs->full_opts = fo;

@@ -345,4 +345,31 @@ def test_stream_of_force_share():
     compare(script)
 
 
+
+def test_blkdebug_names():
+    # json: names list the flattened rules as QEMU's QDict does
+    def script(d):
+        img = f(d, "plain.raw")
+        return [
+            (ADD, {"driver": "blkdebug", "node-name": "b1", "image": img,
+                   "inject-error": [{
+                       "event": "read_aio", "errno": 5, "once": True,
+                       "sector": 8, "state": 1, "iotype": "read",
+                       "immediately": False}]}),
+            (ADD, {"driver": "blkdebug", "node-name": "b2", "image": img,
+                   "inject-error": [{"event": "read_aio", "errno": 28},
+                                    {"event": "write_aio", "errno": 5,
+                                     "sector": 16}],
+                   "set-state": [{"event": "read_aio", "new_state": 2}],
+                   "align": 512}),
+            (ADD, {"driver": "raw", "node-name": "r3", "file": {
+                "driver": "blkdebug", "image": img,
+                "inject-error": [{"errno": 5, "event": "read_aio"}]}}),
+            (ADD, {"driver": "raw", "node-name": "r4", "file": {
+                "driver": "blkdebug", "image": img}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
 qmp.Runner(globals()).run()
