@@ -60,7 +60,6 @@ struct stream_job {
     struct bdev **claimed; /* top .. bottom, referenced and claimed */
     size_t n_claimed;
     bool reopened_rw;
-    bool n_claimed_released;
     uint64_t len;
     uint64_t chunk;
     uint64_t scan;    /* everything below was handed out or skipped */
@@ -279,6 +278,8 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
         }
     } else if (status & BDEV_STATUS_ALLOCATED) {
         s->run_end = s->scan + pnum;
+    } else if (pnum == 0) {
+        s->scan = s->len; /* the top's backing ends: nothing more below */
     } else {
         s->scan += pnum;
     }
@@ -498,12 +499,10 @@ static void stream_prepare(struct job *job, job_done_fn *done)
     }
 }
 
-static void release_nodes(struct stream_job *s)
+/* The filter goes and a read-only top is made read-only again at clean. */
+static void drop_filter_and_rw(struct stream_job *s)
 {
     remove_filter(s);
-    for (size_t i = 0; i < s->n_claimed; i++) {
-        bdev_release(s->claimed[i]);
-    }
     if (s->reopened_rw) {
         bdev_reopen(s->top, false, NULL);
         s->reopened_rw = false;
@@ -512,20 +511,19 @@ static void release_nodes(struct stream_job *s)
 
 static void stream_clean(struct job *job)
 {
-    struct stream_job *s = to_stream(job);
-
-    release_nodes(s);
-    s->n_claimed_released = true;
+    drop_filter_and_rw(to_stream(job));
 }
 
+/* The nodes stay blocked until the job is freed (dismissed), as QEMU's
+ * block_job_free removes the job's blockers: a concluded job waiting for
+ * its dismiss keeps them. */
 static void stream_free(struct job *job)
 {
     struct stream_job *s = to_stream(job);
 
-    if (!s->n_claimed_released) {
-        release_nodes(s);
-    }
+    drop_filter_and_rw(s);
     for (size_t i = 0; i < s->n_claimed; i++) {
+        bdev_release(s->claimed[i]);
         bdev_unref(s->claimed[i]);
     }
     if (s->base) {

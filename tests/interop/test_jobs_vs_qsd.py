@@ -84,5 +84,44 @@ def test_error_while_rate_limited():
         run_both(limited_error_scenario(policy))
 
 
+
+def concluded_scenario(base_node, cancel):
+    """A concluded job (auto-dismiss false) keeps its nodes blocked until
+    it is dismissed, also the ones it took out of the chain."""
+    def probes(s):
+        for n in ("top", "mid"):
+            s.cmd("block-stream", {"device": n, "job-id": "x" + n})
+        s.cmd("query-jobs")
+        for n in ("top", "mid", "base"):
+            s.cmd("blockdev-del", {"node-name": n})
+
+    def scenario(s, w):
+        paths = make_chain(w)
+        add_chain(s.c, paths)
+        args = {"device": "top", "job-id": "s0", "auto-dismiss": False}
+        if base_node:
+            args["base-node"] = base_node
+        if cancel:
+            args["speed"] = 1
+        s.cmd("block-stream", args)
+        if cancel:
+            wait_first_chunk(s.c, "s0")
+            s.cmd("block-job-cancel", {"device": "s0"})
+        else:
+            s.wait("s0", "concluded")
+        probes(s)
+        s.cmd("query-block-jobs")
+        s.cmd("job-dismiss", {"id": "s0"})
+        del_nodes(s.c, "top", "mid", "base")
+        return [(p, "qcow2") for p in paths[:3]]
+    return scenario
+
+
+def test_concluded_job_keeps_nodes_blocked():
+    for base_node, cancel in ((None, False), ("base", False),
+                              ("base", True)):
+        run_both(concluded_scenario(base_node, cancel))
+
+
 if __name__ == "__main__":
     Runner(globals()).run()
