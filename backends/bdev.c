@@ -2130,6 +2130,7 @@ int bdev_block_status(struct bdev *bs, uint64_t offset, uint64_t bytes,
 struct above_op {
     struct bdev *cur, *bottom;
     uint64_t offset, n;
+    bool below_first; /* a layer was asked already */
     bdev_status_cb *cb;
     void *opaque;
 };
@@ -2164,12 +2165,23 @@ static void above_layer_done(void *opaque, int ret, unsigned status,
         return;
     }
     op->cur = op->cur->backing;
+    op->below_first = true;
     above_step(op);
 }
 
-static void above_unalloc_later(void *arg)
+/* Past the end of a layer, as QEMU 7.2's bdrv_is_allocated_above: past the
+ * first one's end nothing is allocated and the answer covers nothing
+ * (pnum 0: the rest of the disk, for a stream); past a deeper one's end,
+ * the zeroes read there count as allocated in it. */
+static void above_past_end(void *arg)
 {
-    above_layer_done(arg, 0, 0, ((struct above_op *)arg)->n);
+    struct above_op *op = arg;
+
+    if (op->below_first) {
+        above_finish(op, 0, BDEV_STATUS_ALLOCATED, op->n);
+    } else {
+        above_finish(op, 0, 0, 0);
+    }
 }
 
 static void above_step(struct above_op *op)
@@ -2189,9 +2201,9 @@ static void above_step(struct above_op *op)
     }
     len = bdev_length(op->cur);
     if (len < 0 || op->offset >= (uint64_t)len) {
-        /* Past the end of a shorter layer: nothing allocated there. Go
-         * through the loop so deep chains do not grow the stack. */
-        bdev_call_later(above_unalloc_later, op);
+        /* Past the end of a shorter layer. Through the loop, so the
+         * answer never comes before the call returns. */
+        bdev_call_later(above_past_end, op);
         return;
     }
     if (n > (uint64_t)len - op->offset) {

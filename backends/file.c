@@ -66,7 +66,57 @@ struct file_state {
     struct bdev_req *grow_head, *grow_tail; /* linked through drv_priv */
     unsigned locked_perm;                   /* lock bytes 100 + bit held */
     unsigned locked_unshared;               /* lock bytes 200 + bit held */
+    dev_t dev;                              /* the file, to find twins */
+    ino_t ino;
 };
+
+/* Other file nodes open on the same regular file ("twins"): each keeps its
+ * own logical length, a preallocated tail of one must not show as length
+ * in another. Calls fn on each. */
+static void for_twins(struct bdev *bs, void (*fn)(struct file_state *me,
+                                                  struct file_state *twin))
+{
+    struct file_state *st = bs->state;
+
+    if (st->is_blk) {
+        return;
+    }
+    for (struct bdev *o = bdev_all_nodes(); o; o = o->next) {
+        struct file_state *t = o->state;
+
+        if (o != bs && o->drv == &bdev_drv_file && t && t->fd_buf >= 0 &&
+            !t->is_blk && t->dev == st->dev && t->ino == st->ino) {
+            fn(st, t);
+        }
+    }
+}
+
+/* The longest logical length among twins, into twin_len (set by the
+ * caller: 0, or the node's own length). */
+static uint64_t twin_len;
+
+static void twin_max(struct file_state *me, struct file_state *t)
+{
+    (void)me;
+    if (t->size > twin_len) {
+        twin_len = t->size;
+    }
+}
+
+/* A twin closing after writing: the others see the file's length now, and
+ * hold no tail past it. */
+static void twin_closed(struct file_state *me, struct file_state *t)
+{
+    if (t->size < me->size) {
+        t->size = me->size;
+    }
+    if (t->alloc_end > twin_len) {
+        t->alloc_end = twin_len > t->size ? twin_len : t->size;
+    }
+    if (t->alloc_end < t->size) {
+        t->alloc_end = t->size;
+    }
+}
 
 static const char *const lock_names[PERM_BITS] = {"consistent read", "write",
                                                   "write unchanged", "resize"};
@@ -290,6 +340,15 @@ static int file_open(struct bdev *bs, json_t *opts, struct qmp_error *err)
     }
     st->alloc_end = st->size;
     st->prealloc_ok = !st->is_blk;
+    st->dev = sb.st_dev;
+    st->ino = sb.st_ino;
+    /* Open already here: its data ends where its length says, what lies
+     * past it is its preallocated tail. */
+    twin_len = 0;
+    for_twins(bs, twin_max);
+    if (twin_len && twin_len < st->size) {
+        st->size = twin_len;
+    }
     st->align = st->direct ? (uint32_t)probe_align(st->fd, st->is_blk) : 1;
     bs->mem_align = st->direct ? st->align : 1;
 
@@ -314,10 +373,13 @@ static void file_close(struct bdev *bs)
     if (st->fd_buf < 0) {
         return;
     }
+    twin_len = st->size;
+    for_twins(bs, twin_max);
     if (!bs->read_only) {
-        /* Give back what preallocation took beyond the data. */
-        if (!st->is_blk && st->alloc_end > st->size) {
-            if (ftruncate(st->fd_buf, (off_t)st->size) < 0) {
+        /* Give back what preallocation took beyond the data (its twins'
+         * too). */
+        if (!st->is_blk && st->alloc_end > twin_len) {
+            if (ftruncate(st->fd_buf, (off_t)twin_len) < 0) {
                 /* The image stays valid with a longer tail. */
             }
         }
@@ -325,15 +387,21 @@ static void file_close(struct bdev *bs)
             fdatasync(st->fd_buf);
         }
     }
+    if (!bs->read_only) {
+        for_twins(bs, twin_closed);
+    }
     close_fds(st->fd, st->fd_buf);
     st->fd = st->fd_buf = -1;
 }
 
+/* Like QEMU's, which asks the file each time: a twin's writes show. */
 static int64_t file_length(struct bdev *bs)
 {
     struct file_state *st = bs->state;
 
-    return (int64_t)st->size;
+    twin_len = st->size;
+    for_twins(bs, twin_max);
+    return (int64_t)twin_len;
 }
 
 /* What the file takes on disk, as QEMU reports it (allocated blocks), less

@@ -372,4 +372,25 @@ def test_blkdebug_names():
     compare(script)
 
 
+
+def test_file_length_of_written_image():
+    # another node opened on a file written to sees the data's length (no
+    # space reserved past it), as does its reader after the writer left
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "lz",
+                   "file": f(d, "lazy.qcow2")}),
+            ("block-stream", {"device": "lz", "job-id": "j1"}),
+            ("wait-completed", None),
+            (ADD, {"driver": "raw", "node-name": "r", "read-only": True,
+                   "file": f(d, "lazy.qcow2")}),
+            (ADD, f(d, "lazy.qcow2", **{"node-name": "fl",
+                                        "read-only": True})),
+            ("query-named-block-nodes", {"flat": True}),
+            ("blockdev-del", {"node-name": "lz"}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script, ignore_actual_size=True)
+
+
 qmp.Runner(globals()).run()

@@ -172,5 +172,30 @@ def test_run_ends_with_l2_table():
              q2(4 * MiB, [])], limited=True)
 
 
+# -- backings shorter than their overlay --
+
+
+def test_top_backing_shorter():
+    """Where the top's own backing ends, the rest of the disk is left:
+    nothing below is looked at (the base is longer than the middle)."""
+    compare([q2(2 * MiB, ["write -P 0x11 0 2M"]),
+             q2(1 * MiB, ["write -P 0x22 0 64k"]),
+             q2(2 * MiB, [])])
+
+
+def test_deeper_backing_shorter():
+    """Past the end of a deeper backing its zeroes are copied: zero
+    clusters in the top."""
+    compare([q2(1 * MiB, ["write -P 0x11 0 1M"]),
+             q2(2 * MiB, ["write -P 0x22 1536k 64k"]),
+             q2(2 * MiB, [])])
+
+
+def test_deeper_backing_ends_inside_cluster():
+    compare([q2(1 * MiB + 512, ["write -P 0x11 0 1M"]),
+             q2(2 * MiB, ["write -P 0x22 1536k 64k"]),
+             q2(2 * MiB + 12288, [])])
+
+
 if __name__ == "__main__":
     Runner(globals()).run()
