@@ -581,6 +581,9 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     }
     if (bdev_is_read_only(p->top)) {
         if (bdev_reopen(p->top, true, err) < 0) {
+            /* QEMU's reopen is a transaction: a failed one changed
+             * nothing; ours may have changed the file child already. */
+            bdev_reopen(p->top, false, NULL);
             return NULL;
         }
         reopened = true;

@@ -123,5 +123,48 @@ def test_concluded_job_keeps_nodes_blocked():
         run_both(concluded_scenario(base_node, cancel))
 
 
+def failed_ro_stream_scenario(conflict):
+    """block-stream of a read-only top that fails after the top's
+    read-write reopen (bad filter name, job id, speed...) or in it (a
+    second image node over the same file: no write lock) leaves the top
+    read-only."""
+    def scenario(s, w):
+        base, mid, top = make_chain(w)[:3]
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file",
+                                         "filename": base}})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "mid",
+                                "backing": "base",
+                                "file": {"driver": "file", "filename": mid}})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                                "backing": "mid", "read-only": True,
+                                "file": {"driver": "file", "filename": top}})
+        if conflict:
+            s.c.ok("blockdev-add", {"driver": "file", "node-name": "tf",
+                                    "filename": top, "read-only": True})
+            s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "top2",
+                                    "backing": None, "read-only": True,
+                                    "file": "tf"})
+        for bad in ({"filter-node-name": "1bad"}, {"job-id": "1bad"},
+                    {"speed": -1}, {"filter-node-name": "mid"},
+                    {"base": "nonexist"}):
+            s.cmd("block-stream", dict({"device": "top", "job-id": "s0"},
+                                       **bad))
+            s.nodes({"flat": True})
+        if conflict:
+            del_nodes(s.c, "top2", "tf")
+        s.cmd("block-stream", {"device": "top", "job-id": "s1"})
+        s.wait("s1", "null")
+        s.nodes({"flat": True})
+        del_nodes(s.c, "top", "mid", "base")
+        return [(p, "qcow2") for p in (base, mid, top)]
+    return scenario
+
+
+def test_failed_stream_of_read_only_top():
+    for conflict in (False, True):
+        run_both(failed_ro_stream_scenario(conflict))
+
+
 if __name__ == "__main__":
     Runner(globals()).run()
