@@ -371,6 +371,8 @@ void job_enter(struct job *job)
              * its next chunk did not follow yet (a hold kept it back). */
             job->cuts_owed++;
             job->sleep_cut = true;
+            job->wake_pending = true;
+            job->wake_seq++;
             job_transition(job, job->status == JOB_STATUS_STANDBY
                                     ? JOB_STATUS_READY
                                     : JOB_STATUS_RUNNING);
@@ -399,6 +401,7 @@ void job_enter(struct job *job)
             job_transition(job, job->status == JOB_STATUS_READY
                                     ? JOB_STATUS_STANDBY
                                     : JOB_STATUS_PAUSED);
+            job_yield_point(job);
             job_quiesced();
             break;
         }
@@ -438,13 +441,44 @@ void job_sleep_ns(struct job *job, uint64_t ns)
     job->sleeping = true;
     job->busy = false;
     uv_timer_start(&job->sleep_timer, sleep_timer_cb, ms, 0);
+    job_yield_point(job);
 }
 
 void job_wake(struct job *job)
 {
     if (job->sleeping) {
         job_stop_sleep(job);
+        job->wake_pending = true;
+        job->wake_seq++;
         job_enter(job);
+    }
+}
+
+void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque)
+{
+    struct job_waiter *w = calloc(1, sizeof(*w)), **pp = &job->yield_waiters;
+
+    assert(job->wake_pending);
+    if (!w) {
+        abort();
+    }
+    w->cb = cb;
+    w->opaque = opaque;
+    while (*pp) {
+        pp = &(*pp)->next;
+    }
+    *pp = w;
+}
+
+void job_yield_point(struct job *job)
+{
+    struct job_waiter *w;
+
+    job->wake_pending = false;
+    while ((w = job->yield_waiters)) {
+        job->yield_waiters = w->next;
+        w->cb(w->opaque);
+        free(w);
     }
 }
 
@@ -682,6 +716,7 @@ void job_completed(struct job *job, int ret)
             job_do_finalize(job);
         }
     }
+    job_yield_point(job); /* waiters see the ending under way */
     job_quiesced();
     job_unref(job);
 }

@@ -137,6 +137,12 @@ struct job {
     void (*detach)(struct job *job, job_done_fn *done);
     void (*release)(struct job *job);
     struct job_waiter *waiters;
+    /* Woken (resumed, or a sleep cut short) and not yet at the point where
+     * QEMU's job coroutine would yield again: commands that woke it wait
+     * (job_when_yielded), as qsd runs the coroutine inside the command. */
+    bool wake_pending;
+    unsigned wake_seq; /* counts the wakes (a verb tells if it woke it) */
+    struct job_waiter *yield_waiters;
     struct job *next;
 };
 
@@ -256,6 +262,14 @@ bool job_is_settling(const struct job *job);
  * (the job may be dismissed and freed by then: cb must look it up again).
  * Only valid while job_is_settling(job). */
 void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque);
+/* Calls cb(opaque) once, when the woken job (wake_pending) reached its
+ * next yield point (job_yield_point) or its ending began (the job may be
+ * settling then; the caller holds a reference). Only valid while
+ * job->wake_pending. */
+void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque);
+/* The driver (or the core: sleeping, parking, ending) reached a point where
+ * QEMU's coroutine would yield: issued data I/O, or is about to sleep. */
+void job_yield_point(struct job *job);
 /* True while any job exists (not yet dismissed). */
 bool job_any(void);
 

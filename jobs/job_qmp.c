@@ -275,14 +275,55 @@ json_t *job_qmp_run_quiet(qmp_command_fn *fn, json_t *args,
     return NULL;
 }
 
+/* A reply waiting for a woken job's next yield point. */
+struct yield_reply {
+    struct qmp_deferred *d;
+    struct job *job;
+};
+
+static void yield_reply_cb(void *opaque)
+{
+    struct yield_reply *y = opaque;
+    struct held_reply *h = calloc(1, sizeof(*h));
+
+    if (!h) {
+        abort();
+    }
+    h->d = y->d;
+    h->ret = json_object();
+    h->err = (struct qmp_error)QMP_ERROR_INIT;
+    if (job_is_settling(y->job)) {
+        job_when_settled(y->job, held_reply_settled, h);
+    } else {
+        bdev_when_drained_idle(held_reply_idle, h);
+    }
+    job_unref(y->job);
+    free(y);
+}
+
 /* The reply of a verb that succeeded: if the verb started the job's
  * settling (finalize, cancel), it goes out once the job's ending events are
- * out and the drained sections of that ending are over. */
-static json_t *reply_when_settled(struct job *job, struct qmp_session *s,
-                                  struct qmp_error *err)
+ * out and the drained sections of that ending are over. If it woke the job
+ * (resume, a raised speed), qsd runs the job's coroutine up to its next
+ * yield first: a job that finds nothing more to read ends before the
+ * reply. */
+static json_t *reply_when_settled(struct job *job, unsigned wake_seq,
+                                  struct qmp_session *s, struct qmp_error *err)
 {
     json_t *ret = NULL;
 
+    if (!qmp_error_is_set(err) && s && job->wake_seq != wake_seq &&
+        job->wake_pending && !job_is_settling(job)) {
+        struct yield_reply *y = calloc(1, sizeof(*y));
+
+        if (!y) {
+            abort();
+        }
+        y->d = qmp_session_defer(s);
+        y->job = job; /* keeps the reference taken by the handler */
+        job_when_yielded(job, yield_reply_cb, y);
+        return NULL;
+    }
     if (!qmp_error_is_set(err)) {
         ret = job_qmp_reply_after(s, job->id, json_object(), err);
     }
@@ -302,9 +343,11 @@ static json_t *reply_when_settled(struct job *job, struct qmp_session *s,
         if (wait_settled(job, name, args, s)) {                                \
             return NULL;                                                       \
         }                                                                      \
+        unsigned wake_seq = job->wake_seq;                                     \
+                                                                               \
         job_ref(job); /* the verb may dismiss it */                            \
         body;                                                                  \
-        return reply_when_settled(job, s, err);                                \
+        return reply_when_settled(job, wake_seq, s, err);                      \
     }
 
 static void block_job_cancel(struct job *job, json_t *args,

@@ -235,6 +235,7 @@ static void issue_req(struct stream_req *r)
 
     r->st = REQ_BUSY;
     job_io_begin(&s->common.job);
+    job_yield_point(&s->common.job); /* QEMU's coroutine waits for it */
     ret = bdev_read(s->filter ? s->filter : s->top, r->ioff, r->ibytes, r->buf,
                     read_done, r);
     if (ret < 0) {
@@ -257,6 +258,7 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
                               uint64_t pnum)
 {
     struct stream_job *s = opaque;
+    uint64_t from = s->scan;
 
     s->querying = false;
     if (ret < 0 && (s->failing || any_held(s))) {
@@ -282,6 +284,12 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
         s->scan = s->len; /* the top's backing ends: nothing more below */
     } else {
         s->scan += pnum;
+    }
+    /* A chunk skipped: QEMU's loop sleeps (0 ns: it yields) before the
+     * next one, unless this one reached the end; its skips are at most a
+     * chunk long. */
+    if (s->scan > from && (s->scan < s->len || s->scan - from > s->chunk)) {
+        job_yield_point(&s->common.job);
     }
     update_progress(s);
     job_io_end(&s->common.job);

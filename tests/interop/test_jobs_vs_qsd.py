@@ -15,7 +15,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from stream_util import (  # noqa: E402
     KiB, Runner, add_chain, add_erroring_raw_chain, del_nodes, make_chain,
-    make_raw_base, require, wait_first_chunk)
+    make_raw_base, require, run, wait_first_chunk)
 from test_stream_vs_qsd import run_both  # noqa: E402
 
 require("qemu-storage-daemon", "qemu-img", "qemu-io")
@@ -164,6 +164,47 @@ def failed_ro_stream_scenario(conflict):
 def test_failed_stream_of_read_only_top():
     for conflict in (False, True):
         run_both(failed_ro_stream_scenario(conflict))
+
+
+def resume_to_end_scenario(size, verb):
+    """A job woken (resume, a raised speed) whose next chunk is a skip that
+    reaches the end ends before the reply in qsd (its coroutine runs inside
+    the command); a longer skip yields first (reply, then the ending)."""
+    def scenario(s, w):
+        base, top = os.path.join(w, "b.qcow2"), os.path.join(w, "t.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", base, str(size))
+        run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", base)
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F",
+            "qcow2", top)
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file",
+                                         "filename": base}})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                                "backing": "base",
+                                "file": {"driver": "file", "filename": top}})
+        s.cmd("block-stream", {"device": "top", "job-id": "s0", "speed": 1,
+                               "auto-dismiss": False})
+        wait_first_chunk(s.c, "s0", 64 * KiB)
+        s.cmd("query-block-jobs")
+        if verb == "resume":
+            s.cmd("block-job-pause", {"device": "s0"})
+            s.cmd("block-job-resume", {"device": "s0"})
+        else:
+            s.cmd("block-job-set-speed", {"device": "s0", "speed": 4096})
+        if not any(m.get("data", {}).get("status") == "concluded"
+                   for m in s.log[-1]):
+            s.wait("s0", "concluded")
+        s.cmd("query-jobs")
+        s.cmd("job-dismiss", {"id": "s0"})
+        del_nodes(s.c, "top", "base")
+        return [(base, "qcow2"), (top, "qcow2")]
+    return scenario
+
+
+def test_woken_job_with_nothing_left():
+    for size in (512 * KiB, 1024 * KiB):
+        for verb in ("resume", "set-speed"):
+            run_both(resume_to_end_scenario(size, verb))
 
 
 if __name__ == "__main__":

@@ -619,6 +619,63 @@ static void test_hold_and_owed_cuts(void **state)
     }
 }
 
+/* A verb that woke a job waits for its next yield point (job_when_yielded):
+ * a sleep, parking again, or the start of its ending. */
+static int yielded_calls;
+
+static void count_yielded(void *opaque)
+{
+    (void)opaque;
+    yielded_calls++;
+}
+
+static void test_wake_waits_for_yield_point(void **state)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct tjob *t;
+    struct job *j;
+    unsigned seq;
+
+    (void)state;
+    yielded_calls = 0;
+    t = new_job("s1", 0, true, true);
+    j = &t->common.job;
+    j->started = true; /* started by hand to park it in a sleep */
+    j->busy = true;
+    j->status = JOB_STATUS_RUNNING;
+    t->work = 3;
+    job_sleep_ns(j, 1000000000ULL);
+    assert_false(j->wake_pending);
+    /* Woken: it issues work, nothing yields yet. */
+    seq = j->wake_seq;
+    job_wake(j);
+    assert_int_not_equal(j->wake_seq, seq);
+    assert_true(j->wake_pending);
+    job_when_yielded(j, count_yielded, NULL);
+    assert_int_equal(t->issued, 2);
+    assert_int_equal(yielded_calls, 0);
+    /* It sleeps: the waiter goes on. */
+    job_sleep_ns(j, 1000000000ULL);
+    assert_int_equal(yielded_calls, 1);
+    assert_false(j->wake_pending);
+    /* Paused and resumed: it waits until the job parks again. */
+    job_user_pause(j, &err);
+    finish_one(t);
+    finish_one(t);
+    assert_int_equal(j->status, JOB_STATUS_PAUSED);
+    job_user_resume(j, &err);
+    assert_false(qmp_error_is_set(&err));
+    assert_true(j->wake_pending);
+    job_when_yielded(j, count_yielded, NULL);
+    assert_int_equal(yielded_calls, 1);
+    /* The last unit done: the ending starts, the waiter goes on. */
+    finish_one(t);
+    assert_int_equal(yielded_calls, 2);
+    assert_false(j->wake_pending);
+    assert_string_equal(events, "created paused running waiting pending "
+                                "BLOCK_JOB_COMPLETED concluded null ");
+}
+
 static void test_policy(void **state)
 {
     (void)state;
@@ -708,6 +765,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_done_job_ends_instead_of_parking,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_hold_and_owed_cuts, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_wake_waits_for_yield_point, setup,
                                         teardown),
     };
 
