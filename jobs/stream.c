@@ -832,6 +832,15 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
                            bottom);
             return NULL;
         }
+        /* blkdebug is a filter in QEMU 7.2 (is_filter) too. */
+        if (bdev_is_filter(bottom_bs) ||
+            !strcmp(bdev_driver_name(bottom_bs), "blkdebug")) {
+            qmp_error_setg(err,
+                           "Node '%s' is a filter, use a non-filter node as "
+                           "'bottom'",
+                           bottom);
+            return NULL;
+        }
         if (!chain_contains(top, bottom_bs)) {
             qmp_error_setg(err,
                            "Node '%s' is not in a chain starting from '%s'",

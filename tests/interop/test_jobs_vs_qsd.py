@@ -207,5 +207,37 @@ def test_woken_job_with_nothing_left():
             run_both(resume_to_end_scenario(size, verb))
 
 
+def test_bottom_filter():
+    """block-stream 'bottom' naming a filter (copy-on-read, blkdebug) is
+    refused before the chain is checked; a raw node is no filter."""
+    def scenario(s, w):
+        base, mid, top = make_chain(w)[:3]
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file",
+                                         "filename": base}})
+        s.c.ok("blockdev-add", {"driver": "copy-on-read", "node-name": "cor",
+                                "file": "base"})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "mid",
+                                "backing": "cor",
+                                "file": {"driver": "file", "filename": mid}})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                                "backing": "mid",
+                                "file": {"driver": "file", "filename": top}})
+        raw = os.path.join(w, "r.raw")
+        run("qemu-img", "create", "-q", "-f", "raw", raw, "1M")
+        s.c.ok("blockdev-add", {"driver": "raw", "node-name": "rawn",
+                                "file": {"driver": "blkdebug",
+                                         "node-name": "dbg",
+                                         "image": {"driver": "file",
+                                                   "filename": raw}}})
+        for b in ("cor", "rawn", "dbg", "nonode"):
+            s.cmd("block-stream", {"device": "top", "job-id": "x",
+                                   "bottom": b})
+        s.cmd("query-jobs")
+        del_nodes(s.c, "rawn", "top", "mid", "cor", "base")
+        return [(base, "qcow2"), (mid, "qcow2"), (top, "qcow2")]
+    run_both(scenario)
+
+
 if __name__ == "__main__":
     Runner(globals()).run()
