@@ -375,6 +375,22 @@ static int perm_refresh(struct bdev *bs, struct qmp_error *err)
     return 0;
 }
 
+struct bdev *bdev_resizing_parent(const struct bdev *bs)
+{
+    for (struct bdev *p = g.nodes; p; p = p->next) {
+        unsigned perm, shared;
+
+        if (p->file != bs) {
+            continue;
+        }
+        parent_perms(p, bs, &perm, &shared);
+        if (perm & BDEV_PERM_RESIZE) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
 /* ---- references -------------------------------------------------------- */
 
 static void list_remove(struct bdev *bs)

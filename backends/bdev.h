@@ -81,6 +81,9 @@ void bdev_unref(struct bdev *bs);
 int bdev_claim(struct bdev *bs, const char *reason, struct qmp_error *err);
 void bdev_release(struct bdev *bs);
 const char *bdev_claimed_by(const struct bdev *bs); /* NULL if free */
+/* A parent that needs to resize bs through its file link (a writable image
+ * format): what a block job's BlockBackend on bs cannot share. NULL: none. */
+struct bdev *bdev_resizing_parent(const struct bdev *bs);
 
 /* Filters (QEMU's bdrv_insert_node / bdrv_drop_filter). bdev_insert_filter()
  * opens a node of filter driver `driver` ("copy-on-read") whose `file` child

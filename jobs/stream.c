@@ -561,7 +561,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
 {
     struct stream_job *s;
     struct job *job;
-    struct bdev *n, *bottom = NULL, *filter;
+    struct bdev *n, *bottom = NULL, *filter, *resizer;
     size_t n_nodes = 0;
     uint32_t cluster;
     bool reopened = false;
@@ -606,6 +606,20 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     job = job_create(&stream_driver, p->job_id, bdev_loop(), p->auto_finalize,
                      p->auto_dismiss, err);
     if (!job) {
+        goto fail_filter;
+    }
+    /* QEMU's job BlockBackend on the filter shares no resize: a format
+     * node over the top (a protocol node) that needs it conflicts. */
+    resizer = bdev_resizing_parent(filter);
+    if (resizer) {
+        qmp_error_setg(err,
+                       "Permission conflict on node '%s': permissions "
+                       "'resize' are both required by node '%s' (uses node "
+                       "'%s' as 'file' child) and unshared by an unnamed "
+                       "block device (uses node '%s' as 'root' child).",
+                       bdev_node_name(filter), bdev_node_name(resizer),
+                       bdev_node_name(filter), bdev_node_name(filter));
+        job_early_fail(job);
         goto fail_filter;
     }
     s = to_stream(job);

@@ -239,5 +239,44 @@ def test_bottom_filter():
     run_both(scenario)
 
 
+def test_stream_of_protocol_node():
+    """block-stream of a file node under a writable image format: the
+    job's BlockBackend on the filter shares no resize, a permission
+    conflict (created, null, the error); a lone file node or one under a
+    read-only format streams (nothing to copy)."""
+    def scenario(s, w):
+        base, mid, top = make_chain(w)[:3]
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "base",
+                                "file": {"driver": "file", "filename": base,
+                                         "node-name": "bf"}})
+        s.c.ok("blockdev-add", {"driver": "file", "node-name": "tf",
+                                "filename": top})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "top",
+                                "backing": "base", "file": "tf"})
+        raw = os.path.join(w, "r.raw")
+        run("qemu-img", "create", "-q", "-f", "raw", raw, "1M")
+        s.c.ok("blockdev-add", {"driver": "file", "node-name": "lone",
+                                "filename": raw})
+        s.c.ok("blockdev-add", {"driver": "file", "node-name": "rof",
+                                "filename": mid, "read-only": True})
+        s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "midro",
+                                "file": "rof", "backing": None,
+                                "read-only": True})
+        for a in ({"device": "tf"}, {"device": "bf"}, {"device": "lone"},
+                  {"device": "tf", "speed": 1},
+                  {"device": "tf", "filter-node-name": "f1"},
+                  {"device": "bf", "filter-node-name": "1x"},
+                  {"device": "rof"}, {"device": "tf", "bottom": "tf"}):
+            s.cmd("block-stream", dict({"job-id": "x", "auto-dismiss": False},
+                                       **a))
+            s.cmd("query-jobs")
+            if s.log[-1][-1]["return"]:
+                s.c.ok("job-dismiss", {"id": "x"})
+        s.nodes({"flat": True})
+        del_nodes(s.c, "midro", "rof", "lone", "top", "tf", "base")
+        return [(base, "qcow2"), (mid, "qcow2"), (top, "qcow2")]
+    run_both(scenario)
+
+
 if __name__ == "__main__":
     Runner(globals()).run()
