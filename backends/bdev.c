@@ -1775,11 +1775,16 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
 {
     struct qmp_error lerr = QMP_ERROR_INIT;
     struct inherit inh = {.read_only = true};
-    const char *pfile = parent->file ? parent->file->filename : NULL;
+    const char *pfile = NULL;
     char *path = NULL, *dir = NULL;
     struct bdev *bs = NULL;
     json_t *opts = NULL, *fopts;
 
+    /* Relative to the directory of the image file: QEMU's bdrv_dirname
+     * goes down the primary children (through blkdebug) to it. */
+    for (struct bdev *c = parent->file; c; c = c->file) {
+        pfile = c->filename;
+    }
     if (name[0] == '/' || !pfile || strncmp(pfile, "json:", 5) == 0) {
         path = strdup(name);
     } else {
@@ -2460,9 +2465,16 @@ static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
         return -EACCES;
     }
     if (read_write) {
-        /* Children first: the format writes through them. */
-        if (bs->file) {
-            ret = reopen_one(bs->file, true, err);
+        /* Children first, the whole file chain (a format over blkdebug
+         * over a file): the format writes through them. */
+        struct bdev *chain[16];
+        size_t n = 0;
+
+        for (struct bdev *c = bs->file; c && n < 16; c = c->file) {
+            chain[n++] = c;
+        }
+        while (n-- > 0) {
+            ret = reopen_one(chain[n], true, err);
             if (ret < 0) {
                 return ret;
             }
@@ -2476,8 +2488,8 @@ static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
         if (ret < 0) {
             return ret;
         }
-        if (bs->file && !bs->file->explicit_ro) {
-            reopen_one(bs->file, false, NULL);
+        for (struct bdev *c = bs->file; c && !c->explicit_ro; c = c->file) {
+            reopen_one(c, false, NULL);
         }
     }
     if (bs->file) {

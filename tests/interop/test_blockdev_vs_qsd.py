@@ -393,4 +393,26 @@ def test_file_length_of_written_image():
     compare(script, ignore_actual_size=True)
 
 
+
+def test_stream_reopens_file_chain():
+    # a read-only top over blkdebug over its file: the stream's read-write
+    # reopen reaches the file, the copy-on-read filter goes over it and the
+    # job writes through blkdebug
+    def script(d):
+        return [
+            (ADD, {"driver": "qcow2", "node-name": "t", "read-only": True,
+                   "file": {"driver": "blkdebug",
+                            "image": f(d, "over.qcow2")}}),
+            ("block-stream", {"device": "t", "job-id": "j1"}),
+            ("wait-completed", None),
+            ("query-named-block-nodes", {"flat": True}),
+            (ADD, {"driver": "qcow2", "node-name": "a", "read-only": True,
+                   "file": {"driver": "blkdebug", "image": f(d, "a.qcow2")}}),
+            ("block-stream", {"device": "a", "job-id": "j2"}),
+            ("wait-completed", None),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script, ignore_actual_size=True)
+
+
 qmp.Runner(globals()).run()
