@@ -1410,6 +1410,16 @@ char *bdev_query_filename(struct bdev *bs)
     return json_name(bs);
 }
 
+bool bdev_backing_overridden(struct bdev *bs)
+{
+    return backing_overridden(bs);
+}
+
+char *bdev_header_backing(struct bdev *bs)
+{
+    return header_backing_name(bs);
+}
+
 /* ---- opening ------------------------------------------------------------ */
 
 /* Whether discard is "unmap": the default of every child (QEMU's

@@ -84,6 +84,14 @@ const char *bdev_claimed_by(const struct bdev *bs); /* NULL if free */
 /* A parent that needs to resize bs through its file link (a writable image
  * format): what a block job's BlockBackend on bs cannot share. NULL: none. */
 struct bdev *bdev_resizing_parent(const struct bdev *bs);
+/* The node's name as query-named-block-nodes shows it now (json:{...} when
+ * its backing is not the header's, say); malloc'd. */
+char *bdev_query_filename(struct bdev *bs);
+/* QEMU's bdrv_backing_overridden(): the backing is not the one the image
+ * header names. */
+bool bdev_backing_overridden(struct bdev *bs);
+/* The backing name in the image header as written, or NULL; malloc'd. */
+char *bdev_header_backing(struct bdev *bs);
 
 /* Filters (QEMU's bdrv_insert_node / bdrv_drop_filter). bdev_insert_filter()
  * opens a node of filter driver `driver` ("copy-on-read") whose `file` child

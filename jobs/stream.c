@@ -479,6 +479,7 @@ static void stream_prepare(struct job *job, job_done_fn *done)
 {
     struct stream_job *s = to_stream(job);
     const char *file = NULL, *fmt = NULL;
+    char *query_name = NULL;
     struct bdev *base, *named;
     int ret;
 
@@ -496,11 +497,15 @@ static void stream_prepare(struct job *job, job_done_fn *done)
     base = s->n_claimed ? bdev_backing(s->claimed[s->n_claimed - 1]) : s->base;
     named = bdev_skip_filters(base);
     if (named) {
-        file = s->backing_file ? s->backing_file : bdev_filename(named);
+        /* QEMU refreshes the base's name first: json:{...} when its own
+         * backing is not its header's. */
+        query_name = s->backing_file ? NULL : bdev_query_filename(named);
+        file = s->backing_file ? s->backing_file : query_name;
         fmt = bdev_driver_name(named);
     }
     s->prepare_cb = done;
     ret = bdev_change_backing(s->top, base, file, fmt, prepare_done, s);
+    free(query_name); /* copied */
     if (ret < 0) {
         s->prepare_cb = NULL;
         done(job, ret);
@@ -766,14 +771,76 @@ static bool chain_contains(struct bdev *top, struct bdev *n)
     return false;
 }
 
-static bool same_file(const char *a, const char *b)
+/* QEMU's path_has_protocol(): "proto:..." before any '/'. */
+static bool has_protocol(const char *path)
+{
+    return path[strcspn(path, ":/")] == ':';
+}
+
+/* `name` relative to the directory of the node's image file (QEMU's
+ * bdrv_make_absolute_filename), NULL when that has no plain name. */
+static char *relative_to(struct bdev *bs, const char *name)
+{
+    const char *file = NULL, *slash;
+    char *out;
+
+    if (name[0] == '/' || has_protocol(name)) {
+        return strdup(name);
+    }
+    for (struct bdev *c = bs; c; c = bdev_file_child(c)) {
+        file = bdev_filename(c);
+    }
+    if (!file || !file[0] || has_protocol(file)) {
+        return NULL;
+    }
+    slash = strrchr(file, '/');
+    if (asprintf(&out, "%.*s%s", slash ? (int)(slash - file + 1) : 0, file,
+                 name) < 0) {
+        return NULL;
+    }
+    return out;
+}
+
+static bool same_real_path(const char *a, const char *b)
 {
     char ra[PATH_MAX], rb[PATH_MAX];
 
-    if (!strcmp(a, b)) {
-        return true;
+    return a && b && realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
+}
+
+/* QEMU's bdrv_find_backing_image(): the node below each image of the chain
+ * whose name matches - the node's current name when the image's backing is
+ * not the header's (json:{...} for a node whose own backing was given by
+ * reference), else the header's name, literally or relative to the image. */
+static struct bdev *find_backing_image(struct bdev *top, const char *name)
+{
+    for (struct bdev *curr = bdev_skip_filters(top); curr && bdev_backing(curr);
+         curr = bdev_skip_filters(bdev_backing(curr))) {
+        struct bdev *below = bdev_skip_filters(bdev_backing(curr));
+        char *header = bdev_header_backing(curr), *a = NULL, *b = NULL;
+        bool found;
+
+        if (bdev_backing_overridden(curr)) {
+            a = bdev_query_filename(below);
+            found = a && !strcmp(name, a);
+        } else if (!header) {
+            found = false;
+        } else if (has_protocol(name) || has_protocol(header)) {
+            b = relative_to(curr, header);
+            found = !strcmp(name, header) || (b && !strcmp(name, b));
+        } else {
+            a = relative_to(curr, name);
+            b = relative_to(curr, header);
+            found = same_real_path(a, b);
+        }
+        free(header);
+        free(a);
+        free(b);
+        if (found) {
+            return below;
+        }
     }
-    return realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
+    return NULL;
 }
 
 static json_t *block_stream(json_t *args, struct qmp_session *sess,
@@ -815,12 +882,7 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
         return NULL;
     }
     if (base) {
-        for (struct bdev *i = bdev_backing(top); i; i = bdev_chain_next(i)) {
-            if (!bdev_is_filter(i) && same_file(base, bdev_filename(i))) {
-                base_bs = i;
-                break;
-            }
-        }
+        base_bs = find_backing_image(top, base);
         if (!base_bs) {
             qmp_error_setg(err, "Can't find '%s' in the backing chain", base);
             return NULL;
