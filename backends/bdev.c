@@ -266,6 +266,10 @@ static void parent_perms(const struct bdev *p, const struct bdev *child,
             /* raw and blkdebug pass their parents' needs through. */
             *perm = p->perm;
             *shared = p->shared_perm;
+            if (strcmp(p->drv->name, "copy-on-read") == 0) {
+                /* It writes what it read (QEMU's cor_child_perm). */
+                *perm |= BDEV_PERM_WRITE_UNCHANGED;
+            }
         }
     }
     /* A backing child: nothing needed while no user reads the image. */

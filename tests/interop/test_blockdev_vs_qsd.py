@@ -415,4 +415,28 @@ def test_stream_reopens_file_chain():
     compare(script, ignore_actual_size=True)
 
 
+
+def test_copy_on_read_writes_its_child():
+    # copy-on-read always takes write-unchanged on its child: refused over
+    # a read-only node, read-only itself or not; a stream's filter too
+    def script(d):
+        return [
+            (ADD, {"driver": "copy-on-read", "node-name": "c1",
+                   "file": f(d, "plain.raw", **{"read-only": True})}),
+            (ADD, {"driver": "copy-on-read", "node-name": "c2",
+                   "read-only": True, "file": f(d, "plain.raw")}),
+            (ADD, {"driver": "raw", "node-name": "r0", "read-only": True,
+                   "file": f(d, "a.qcow2")}),
+            (ADD, {"driver": "copy-on-read", "node-name": "c3",
+                   "file": "r0"}),
+            (ADD, f(d, "b.qcow2", **{"node-name": "fo", "read-only": True})),
+            (ADD, {"driver": "raw", "node-name": "r1", "file": "fo"}),
+            ("block-stream", {"device": "r1", "job-id": "j"}),
+            (ADD, {"driver": "copy-on-read", "node-name": "c4",
+                   "file": f(d, "plain.raw")}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
 qmp.Runner(globals()).run()
