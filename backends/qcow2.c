@@ -2493,6 +2493,27 @@ static int open_backing(struct bdev *bs, struct q2 *s, json_t *opts,
     if (json_is_null(b)) {
         return 0;
     }
+    if (s->m.has_backing && json_is_object(b)) {
+        /* QEMU opens a given backing with the header's name as its
+         * 'filename' too, which only a 'file' child takes in. */
+        json_t *f = json_object_get(b, "file");
+        const char *fd = json_string_value(json_object_get(f, "driver"));
+        const char *why = NULL;
+
+        if (json_is_string(f)) {
+            why = "Cannot reference an existing block device with "
+                  "additional options or a new filename";
+        } else if (fd && strcmp(fd, "null-co") == 0) {
+            why = "The only allowed filename for this driver is 'null-co://'";
+        } else if (fd && strcmp(fd, "file") != 0) {
+            why = "Can't specify 'file' and 'filename' options at the same "
+                  "time";
+        }
+        if (why) {
+            qmp_error_setg(err, "Could not open backing file: %s", why);
+            return -EINVAL;
+        }
+    }
     bs->backing = bdev_open_child(bs, b, true, err);
     if (!bs->backing) {
         qmp_error_prepend(err, "Could not open backing file: ");

@@ -439,4 +439,34 @@ def test_copy_on_read_writes_its_child():
     compare(script)
 
 
+
+def test_given_backing_of_image_naming_one():
+    # the header's backing name is passed on as the given backing's
+    # 'filename': only a 'file' child takes it
+    def script(d):
+        ro = {"driver": "qcow2", "read-only": True,
+              "file": f(d, "over.qcow2")}
+        bd = {"driver": "blkdebug", "image": f(d, "b.qcow2")}
+        return [
+            (ADD, f(d, "b.qcow2", **{"node-name": "bf", "read-only": True})),
+            (ADD, dict(ro, **{"node-name": "q1", "backing": {
+                "driver": "qcow2", "file": "bf"}})),
+            (ADD, dict(ro, **{"node-name": "q2", "backing": {
+                "driver": "raw", "file": {"driver": "null-co"}}})),
+            (ADD, dict(ro, **{"node-name": "q3", "backing": {
+                "driver": "raw", "file": {"driver": "raw",
+                                          "file": f(d, "b.qcow2")}}})),
+            (ADD, dict(ro, **{"node-name": "q4", "backing": {
+                "driver": "qcow2", "file": bd}})),
+            (ADD, dict(ro, **{"node-name": "q5", "backing": {
+                "driver": "raw", "file": f(d, "b.qcow2")}})),
+            # no backing in the header: all fine
+            (ADD, {"driver": "qcow2", "node-name": "q6", "read-only": True,
+                   "file": f(d, "a.qcow2"), "backing": {
+                       "driver": "qcow2", "file": bd}}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script)
+
+
 qmp.Runner(globals()).run()
