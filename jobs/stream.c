@@ -282,6 +282,7 @@ static void chain_status_done(void *opaque, int ret, unsigned status,
         s->run_end = s->scan + pnum;
     } else if (pnum == 0) {
         s->scan = s->len; /* the top's backing ends: nothing more below */
+        from = s->len;    /* QEMU's loop ends in this very iteration */
     } else {
         s->scan += pnum;
     }

@@ -167,16 +167,18 @@ def test_failed_stream_of_read_only_top():
         run_both(failed_ro_stream_scenario(conflict))
 
 
-def resume_to_end_scenario(size, verb):
+def resume_to_end_scenario(size, verb, top_size=None, data_at=0):
     """A job woken (resume, a raised speed) whose next chunk is a skip that
     reaches the end ends before the reply in qsd (its coroutine runs inside
-    the command); a longer skip yields first (reply, then the ending)."""
+    the command); a longer skip yields first (reply, then the ending). Past
+    the end of a shorter backing the rest of the disk is one skip."""
     def scenario(s, w):
         base, top = os.path.join(w, "b.qcow2"), os.path.join(w, "t.qcow2")
         run("qemu-img", "create", "-q", "-f", "qcow2", base, str(size))
-        run("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", base)
+        run("qemu-io", "-f", "qcow2", "-c",
+            "write -P 0x11 %d 64k" % data_at, base)
         run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F",
-            "qcow2", top)
+            "qcow2", top, str(top_size or size))
         s.c.ok("blockdev-add", {"driver": "qcow2", "node-name": "base",
                                 "file": {"driver": "file",
                                          "filename": base}})
@@ -185,7 +187,7 @@ def resume_to_end_scenario(size, verb):
                                 "file": {"driver": "file", "filename": top}})
         s.cmd("block-stream", {"device": "top", "job-id": "s0", "speed": 1,
                                "auto-dismiss": False})
-        wait_first_chunk(s.c, "s0", 64 * KiB)
+        wait_first_chunk(s.c, "s0", data_at + 64 * KiB)
         s.cmd("query-block-jobs")
         if verb == "resume":
             s.cmd("block-job-pause", {"device": "s0"})
@@ -206,6 +208,9 @@ def test_woken_job_with_nothing_left():
     for size in (512 * KiB, 1024 * KiB):
         for verb in ("resume", "set-speed"):
             run_both(resume_to_end_scenario(size, verb))
+    for verb in ("resume", "set-speed"):
+        run_both(resume_to_end_scenario(1024 * KiB, verb, 4096 * KiB,
+                                        960 * KiB))
 
 
 def test_bottom_filter():
