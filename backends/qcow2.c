@@ -2752,10 +2752,13 @@ static void qcow2_info(struct bdev *bs, json_t *info)
     json_object_set_new(info, "format-specific", spec);
     if (s->m.has_backing) {
         const char *img = bs->file ? bdev_filename(bs->file) : NULL;
+        const char *sep = s->m.backing_file + strcspn(s->m.backing_file, ":/");
         char *full = NULL;
 
-        /* Relative names are relative to the image's directory. */
-        if (s->m.backing_file[0] != '/' && img && img[0] &&
+        /* Relative names are relative to the image's directory; a name
+         * with a protocol prefix (a ':' before any '/', json:{...} too)
+         * stands as it is. */
+        if (s->m.backing_file[0] != '/' && *sep != ':' && img && img[0] &&
             strncmp(img, "json:", 5) != 0 && strrchr(img, '/')) {
             int dlen = (int)(strrchr(img, '/') - img);
 

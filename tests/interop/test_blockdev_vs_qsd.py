@@ -287,6 +287,28 @@ def test_lazy_refcounts_dirty():
 
 
 
+def test_protocol_backing_names():
+    # a header's backing name with a protocol prefix (json:{...}, nbd:...)
+    # is shown as it is in full-backing-filename, not put under the
+    # image's directory; plain relative names are
+    def script(d):
+        js = ('json:{"driver": "qcow2", "file": {"driver": "file", '
+              '"filename": "%s/b.qcow2"}}' % d)
+        if d != "@":
+            for name, backing in (("js.qcow2", js), ("nbd.qcow2",
+                                                      "nbd:localhost:1"),
+                                  ("rel.qcow2", "sub/x:y.qcow2")):
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                                "-u", "-b", backing, "-F", "qcow2",
+                                d + "/" + name, "1M"], check=True,
+                               stdout=subprocess.DEVNULL)
+        return [(ADD, {"driver": "qcow2", "node-name": n, "backing": None,
+                       "file": f(d, n + ".qcow2")})
+                for n in ("js", "nbd", "rel")] + [
+            ("query-named-block-nodes", {"flat": True})]
+    compare(script)
+
+
 def test_inherited_options():
     # children opened by a node (its file, a backing given or named in the
     # header, blkdebug's image) take its cache modes and force-share
