@@ -2480,11 +2480,14 @@ static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
     }
     if (read_write) {
         /* Children first, the whole file chain (a format over blkdebug
-         * over a file): the format writes through them. */
+         * over a file): the format writes through them. A node the
+         * monitor added is not in QEMU's reopen queue: it keeps its own
+         * mode, and the chain stops there. */
         struct bdev *chain[16];
         size_t n = 0;
 
-        for (struct bdev *c = bs->file; c && n < 16; c = c->file) {
+        for (struct bdev *c = bs->file; c && !c->monitor_owned && n < 16;
+             c = c->file) {
             chain[n++] = c;
         }
         while (n-- > 0) {
@@ -2502,7 +2505,8 @@ static int reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
         if (ret < 0) {
             return ret;
         }
-        for (struct bdev *c = bs->file; c && !c->explicit_ro; c = c->file) {
+        for (struct bdev *c = bs->file;
+             c && !c->explicit_ro && !c->monitor_owned; c = c->file) {
             reopen_one(c, false, NULL);
         }
     }

@@ -309,6 +309,26 @@ def test_protocol_backing_names():
     compare(script)
 
 
+def test_stream_leaves_named_file_child():
+    # a read-only top reopened read-write for a stream (and back) takes
+    # along the file children it opened itself, not a node the monitor
+    # added (QEMU's reopen queue): that one keeps its own mode
+    def script(d):
+        return [
+            (ADD, {"driver": "file", "node-name": "f",
+                   "filename": d + "/over.qcow2"}),
+            (ADD, {"driver": "qcow2", "node-name": "top", "read-only": True,
+                   "file": "f"}),
+            ("query-named-block-nodes", {"flat": True}),
+            ("block-stream", {"device": "top", "job-id": "j"}),
+            ("wait-completed", None),
+            ("query-named-block-nodes", {"flat": True}),
+            ("blockdev-del", {"node-name": "top"}),
+            ("query-named-block-nodes", {"flat": True}),
+        ]
+    compare(script, ignore_actual_size=True)
+
+
 def test_inherited_options():
     # children opened by a node (its file, a backing given or named in the
     # header, blkdebug's image) take its cache modes and force-share
