@@ -644,15 +644,10 @@ ON_ERROR = ["report", "ignore", "enospc", "stop", "auto"]
 # order, qcow2 block-status runs, lazy-refcounts' dirty flag, copy-on-read
 # zero runs, short backings, reopens of read-only tops, base lookup,
 # bottom filters, cache and force-share inheritance, verbs that end a job
-# before their reply, rate limits around errors and speed changes.
+# before their reply, rate limits around errors and speed changes, reopens
+# of read-only tops (failed ones, named file children), json: backing
+# names in headers.
 KNOWN = {
-    # a stream with a base writes the base node's filename into the
-    # header: json:{...} when the base is no plain file (blkdebug under
-    # it, a backing given by reference); blockjobd then resolves that
-    # name as a path next to the image (full-backing-filename
-    # "<dir>/json:{...}", opening the image: "Could not open
-    # '<dir>/json:{...}'")
-    "base-json-name",
     # qsd drains the jobs of a chain whose graph changes (another job's
     # start or end, nodes added over or deleted from it): paused/running
     # events (being worked on)
@@ -682,13 +677,6 @@ KNOWN = {
     # fails at once (BLOCK_JOB_ERROR, and for stop the paused event,
     # before the reply)
     "wake-reply-order",
-    # a block-stream of a read-only top whose read-write reopen fails
-    # ("Cannot change the option 'force-share'") leaves the top's
-    # separately added read-write file node read-only
-    "failed-reopen-ro",
-    # the read-write reopen of a read-only top for a stream (and back)
-    # leaves a separately added (named) read-write file child read-only
-    "reopen-named-child",
     # lazy-refcounts: the dirty flag qsd shows once the image was written
     # (fixed for most cases; still differs after some streams)
     "lazy-refcounts",
