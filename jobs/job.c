@@ -454,11 +454,13 @@ void job_wake(struct job *job)
     }
 }
 
-void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque)
+/* Appends a callback to a waiter list: in arrival order, so commands are
+ * answered in order. */
+static void waiter_append(struct job_waiter **pp, void (*cb)(void *opaque),
+                          void *opaque)
 {
-    struct job_waiter *w = calloc(1, sizeof(*w)), **pp = &job->yield_waiters;
+    struct job_waiter *w = calloc(1, sizeof(*w));
 
-    assert(job->wake_pending);
     if (!w) {
         abort();
     }
@@ -468,6 +470,12 @@ void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque)
         pp = &(*pp)->next;
     }
     *pp = w;
+}
+
+void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque)
+{
+    assert(job->wake_pending);
+    waiter_append(&job->yield_waiters, cb, opaque);
 }
 
 void job_yield_point(struct job *job)
@@ -650,18 +658,8 @@ bool job_is_settling(const struct job *job)
 
 void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque)
 {
-    struct job_waiter *w = calloc(1, sizeof(*w)), **pp = &job->waiters;
-
     assert(job->settling);
-    if (!w) {
-        abort();
-    }
-    w->cb = cb;
-    w->opaque = opaque;
-    while (*pp) {
-        pp = &(*pp)->next;
-    }
-    *pp = w; /* in arrival order: commands are answered in order */
+    waiter_append(&job->waiters, cb, opaque);
 }
 
 static void job_prepare_done(struct job *job, int ret)
