@@ -96,7 +96,24 @@ struct rerun {
     struct qmp_deferred *d;
     qmp_command_fn *fn;
     json_t *args;
+    struct rerun *next; /* job_qmp_run_quiet's queue */
 };
+
+/* A command whose reply is deferred: it runs again later, without its
+ * session (the deferred reply answers it). */
+static struct rerun *rerun_new(qmp_command_fn *fn, json_t *args,
+                               struct qmp_session *s)
+{
+    struct rerun *r = calloc(1, sizeof(*r));
+
+    if (!r) {
+        abort();
+    }
+    r->d = qmp_session_defer(s);
+    r->fn = fn;
+    r->args = json_incref(args);
+    return r;
+}
 
 static void rerun_settled(void *opaque)
 {
@@ -117,13 +134,7 @@ static bool wait_settled(struct job *job, qmp_command_fn *fn, json_t *args,
     if (!job || !s || !job_is_settling(job)) {
         return false;
     }
-    r = calloc(1, sizeof(*r));
-    if (!r) {
-        abort();
-    }
-    r->d = qmp_session_defer(s);
-    r->fn = fn;
-    r->args = json_incref(args);
+    r = rerun_new(fn, args, s);
     job_when_settled(job, rerun_settled, r);
     return true;
 }
@@ -181,14 +192,7 @@ json_t *job_qmp_reply_after(struct qmp_session *s, const char *job_id,
  * with the jobs held meanwhile: qemu-storage-daemon's drains wait for the
  * jobs they pause before each change, which a synchronous handler cannot;
  * a held job, idle, parks at once. */
-struct quiet_run {
-    struct qmp_deferred *d;
-    qmp_command_fn *fn;
-    json_t *args;
-    struct quiet_run *next;
-};
-
-static struct quiet_run *quiet_runs; /* waiting, in arrival order */
+static struct rerun *quiet_runs; /* waiting, in arrival order */
 static bool quiet_check_queued;
 
 static bool all_quiet(void)
@@ -198,7 +202,7 @@ static bool all_quiet(void)
 
 static void quiet_check(void *opaque)
 {
-    struct quiet_run *r;
+    struct rerun *r;
 
     (void)opaque;
     quiet_check_queued = false;
@@ -250,7 +254,7 @@ static void quiet_kick(void)
 json_t *job_qmp_run_quiet(qmp_command_fn *fn, json_t *args,
                           struct qmp_session *s, struct qmp_error *err)
 {
-    struct quiet_run *r, **pp;
+    struct rerun *r, **pp;
     json_t *ret;
 
     if (!s || (!quiet_runs && all_quiet())) {
@@ -259,13 +263,7 @@ json_t *job_qmp_run_quiet(qmp_command_fn *fn, json_t *args,
         job_unhold();
         return ret;
     }
-    r = calloc(1, sizeof(*r));
-    if (!r) {
-        abort();
-    }
-    r->d = qmp_session_defer(s);
-    r->fn = fn;
-    r->args = json_incref(args);
+    r = rerun_new(fn, args, s);
     for (pp = &quiet_runs; *pp; pp = &(*pp)->next) {
     }
     *pp = r;
