@@ -1,6 +1,6 @@
-/* Driver interface of the block layer: included by bdev.c and the drivers
- * only. bdev.c owns range checks, in-flight counting, references, claims and
- * drain; drivers stay small. */
+/* Driver interface of the block layer: included by the layer's own files
+ * (see bdev_core.h) and the drivers only. The layer owns range checks,
+ * in-flight counting, references, claims and drain; drivers stay small. */
 #ifndef BACKENDS_BDEV_INT_H
 #define BACKENDS_BDEV_INT_H
 
