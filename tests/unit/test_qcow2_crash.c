@@ -157,9 +157,23 @@ static void child_main(const char *img, unsigned round, int fd)
 /* ---- the parent ------------------------------------------------------------
  */
 
-static void apply(uint8_t *model, const struct wr *w)
+/* Whether write `w` covers sector `s` with the pattern `pat`. */
+static bool covers(const struct wr *w, uint64_t s, uint8_t pat)
 {
-    memset(model + w->off / 512, w->pat, w->len / 512);
+    return s >= w->off / 512 && s < (w->off + w->len) / 512 && w->pat == pat;
+}
+
+/* Whether one of the batch's writes covering sector `s` wrote `pat`: the
+ * writes of one batch are in flight together, so where two of them overlap
+ * either may land last. */
+static bool batch_wrote(const struct wr *w, uint64_t s, uint8_t pat)
+{
+    for (int i = 0; i < PER_BATCH; i++) {
+        if (covers(&w[i], s, pat)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* Reads the image as raw (through qemu-img) into one byte per sector,
@@ -204,8 +218,11 @@ static void read_image(const char *img, const char *raw, uint8_t *got)
 static void test_sigkill_writer(void **state)
 {
     char img[300], raw[300];
-    uint8_t *model = calloc(SECTORS, 1), *maybe = calloc(SECTORS, 1);
+    /* model: what each sector held after the previous round; last: 1 + the
+     * acknowledged batch of this round that wrote the sector last, or 0. */
+    uint8_t *model = calloc(SECTORS, 1), *last = calloc(SECTORS, 1);
     uint8_t *got = malloc(SECTORS);
+    struct wr(*plans)[PER_BATCH] = NULL;
     uint64_t seed = 12345;
     unsigned total_batches = 0, leaks = 0;
 
@@ -221,7 +238,6 @@ static void test_sigkill_writer(void **state)
         long delay_us = (long)(rng_next(&seed) % 3000);
         int pfd[2], st, rc;
         pid_t pid;
-        struct wr w[PER_BATCH];
 
         assert_int_equal(pipe(pfd), 0);
         pid = fork();
@@ -273,33 +289,34 @@ static void test_sigkill_writer(void **state)
         }
         leaks += rc == 3;
 
-        /* Acknowledged batches are all there; batch `acked` (in flight at
-         * the kill) may be there, partly, or not at all. */
-        for (b = 0; b < acked; b++) {
-            batch_plan(round, b, w);
-            for (int i = 0; i < PER_BATCH; i++) {
-                apply(model, &w[i]);
-            }
-        }
-        memset(maybe, 0, SECTORS);
-        batch_plan(round, acked, w);
-        for (int i = 0; i < PER_BATCH; i++) {
-            /* Only sectors the batch writes; within the batch, a later
-             * write to the same sector may also win: any of them is ok. */
-            for (uint64_t s = w[i].off / 512; s < (w[i].off + w[i].len) / 512;
-                 s++) {
-                maybe[s] = 1;
+        /* Acknowledged batches are all there: a sector one of them wrote
+         * holds what one of the writes of the last such batch wrote; batch
+         * `acked` (in flight at the kill) may be there, partly, or not at
+         * all. */
+        plans = realloc(plans, (acked + 1) * sizeof(*plans));
+        assert_non_null(plans);
+        memset(last, 0, SECTORS);
+        for (b = 0; b <= acked; b++) {
+            batch_plan(round, b, plans[b]);
+            for (int i = 0; b < acked && i < PER_BATCH; i++) {
+                const struct wr *w = &plans[b][i];
+
+                memset(last + w->off / 512, (int)(b + 1), w->len / 512);
             }
         }
         read_image(img, raw, got);
         for (uint64_t s = 0; s < SECTORS; s++) {
-            bool ok = got[s] == model[s];
+            bool ok = last[s] ? batch_wrote(plans[last[s] - 1], s, got[s])
+                              : got[s] == model[s];
 
-            if (!ok && maybe[s]) {
-                for (int i = 0; i < PER_BATCH && !ok; i++) {
-                    ok = s >= w[i].off / 512 &&
-                         s < (w[i].off + w[i].len) / 512 && got[s] == w[i].pat;
-                }
+            if (!ok) {
+                ok = batch_wrote(plans[acked], s, got[s]);
+            }
+            if (!ok && last[s]) {
+                fail_msg("round %u (%u batches acked): sector %llu reads "
+                         "0x%02x, written by none of batch %u's writes",
+                         round, acked, (unsigned long long)s, got[s],
+                         last[s] - 1u);
             }
             if (!ok) {
                 fail_msg("round %u (%u batches acked): sector %llu reads "
@@ -313,7 +330,8 @@ static void test_sigkill_writer(void **state)
                   "leaked clusters\n",
                   ROUNDS, total_batches, leaks);
     free(model);
-    free(maybe);
+    free(last);
+    free(plans);
     free(got);
 }
 
