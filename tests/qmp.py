@@ -40,6 +40,24 @@ def skip(why):
     sys.exit(77)
 
 
+SKIP_MARK = "skip-check: "
+
+
+class SkipCheck(Exception):
+    """Raised by skip_check(): the Runner counts the check as skipped."""
+
+
+def skip_check(why):
+    """Ends the running check as skipped (not passed); tests/run.sh counts
+    the marker line in its summary."""
+    raise SkipCheck(why)
+
+
+def skipped_part(why):
+    """A part of a check did not run (the rest did): counted as a skip."""
+    print(SKIP_MARK + why, flush=True)
+
+
 def require(*tools):
     for t in tools:
         if shutil.which(t) is None:
@@ -300,7 +318,7 @@ class Runner:
                       if n.startswith("test_") and callable(f)]
 
     def run(self):
-        failed = ran = 0
+        failed = ran = skipped = 0
         only = os.environ.get("ONLY")
         for name, fn in self.tests:
             if only and only not in name:
@@ -310,6 +328,9 @@ class Runner:
             try:
                 fn()
                 print("ok   %s (%.2fs)" % (name, time.monotonic() - t0))
+            except SkipCheck as e:
+                skipped += 1
+                print("%s%s: %s" % (SKIP_MARK, name, e), flush=True)
             except SystemExit:
                 raise
             except BaseException as e:  # report and go on
@@ -317,5 +338,6 @@ class Runner:
                 import traceback
                 traceback.print_exc()
                 print("FAIL %s: %s" % (name, e))
-        print("%d passed, %d failed" % (ran - failed, failed))
+        print("%d passed, %d failed, %d skipped" % (ran - failed - skipped,
+                                                   failed, skipped))
         sys.exit(1 if failed else 0)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs test programs and scripts, one after the other, and prints one line
 # per test and a summary line "N passed, N failed, N skipped".
-# Exit status 77 from a test means skipped. Output of failed tests is shown.
+# Exit status 77 from a test means skipped. A test that passes but did not
+# run some of its checks prints a line "skip-check: WHY" for each (tests/qmp.py's
+# skip_check / skipped_part); each counts as a skip in the summary, so a
+# green run shows what did not run. Output of failed tests is shown.
 set -u
 pass=0 fail=0 skip=0 failed=()
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/blockjobd-tests.XXXXXX")
@@ -22,7 +25,18 @@ for t in "$@"; do
     case $rc in
     0)
         pass=$((pass + 1))
-        printf 'PASS  %-45s %6ss\n' "$name" "$secs"
+        # cmocka lists its skipped tests: "[  SKIPPED ] N test(s), listed below:"
+        n=$(($(grep -c '^skip-check: ' "$log") + $(sed -n \
+            's/^\[  SKIPPED \] \([0-9]*\) test(s), listed below:.*/\1/p' "$log" |
+            awk '{ n += $1 } END { print n + 0 }')))
+        if [ "$n" -gt 0 ]; then
+            skip=$((skip + n))
+            printf 'PASS  %-45s %6ss  (%d checks skipped)\n' "$name" "$secs" "$n"
+            grep -E '^skip-check: |^\[  SKIPPED \] [a-z_]+$' "$log" |
+                sed -E 's/^(skip-check: |\[  SKIPPED \] )/        skipped: /' | sort -u
+        else
+            printf 'PASS  %-45s %6ss\n' "$name" "$secs"
+        fi
         ;;
     77)
         skip=$((skip + 1))

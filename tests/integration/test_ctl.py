@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from service_util import (ROOT_MAN, Daemon, Runner, check_image,  # noqa
                           ctl_binary, make_chain, require, same_content,
                           top_blockdev, wait_exit, workdir)
+from qmp import skip_check  # noqa: E402
 
 
 def ctl(sock, *args, timeout=60):

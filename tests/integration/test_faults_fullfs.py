@@ -16,6 +16,7 @@ import sys
 from soak_util import (MiB, QSD, Daemon, backing_of, cleanup, compare,
                        discard, flatten, job_info, qemu_check, require, run,
                        skip, wait_status, workdir)
+from qmp import skipped_part  # noqa: E402
 
 require("qemu-img", "qemu-io")
 
@@ -119,7 +120,7 @@ def main():
             assert ours == theirs, "event tokens differ:\n  blockjobd %s\n" \
                 "  qsd       %s" % (ours, theirs)
         else:
-            print("qsd comparison skipped: qemu-storage-daemon missing")
+            skipped_part("qsd comparison: qemu-storage-daemon missing")
     finally:
         subprocess.run(["umount", "-l", mnt])
         cleanup(d)

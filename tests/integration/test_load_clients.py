@@ -33,6 +33,7 @@ from soak_util import (MiB, Daemon, cleanup, compare, flatten, percentile,
                        memory_bounds_apply,
                        qemu_check, require, rss_kib, run, under_valgrind,
                        workdir)
+from qmp import skipped_part  # noqa: E402
 
 require("qemu-img", "qemu-io")
 
@@ -341,7 +342,7 @@ def main():
     if deny:
         args += ["--allow-uid", "12345"]
     else:
-        print("NOTE: refused-peer case skipped (%s)" % (
+        skipped_part("refused-peer case (%s)" % (
             "no --allow-uid" if "--allow-uid" not in help_text
             else "not root: cannot connect as another uid"))
     daemon = Daemon(args, workdir=os.path.join(d, "daemon"))

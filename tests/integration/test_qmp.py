@@ -11,7 +11,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from qmp import Daemon, QMP, Runner, binary  # noqa: E402
+from qmp import Daemon, QMP, Runner, binary, skip_check  # noqa: E402
 
 GENERIC = "GenericError"
 
@@ -197,8 +197,7 @@ def cpu_seconds(pid):
 
 def test_out_of_descriptors_does_not_spin():
     if shutil.which("prlimit") is None:
-        print("prlimit missing: skipped")
-        return
+        skip_check("prlimit missing")
     wrap = os.environ.get("BLOCKJOBD_WRAPPER", "")
     os.environ["BLOCKJOBD_WRAPPER"] = "prlimit --nofile=48:48 " + wrap
     try:
@@ -240,8 +239,7 @@ def test_out_of_descriptors_does_not_spin():
 
 def test_socat_session():
     if shutil.which("socat") is None:
-        print("socat missing: skipped")
-        return
+        skip_check("socat missing")
     with Daemon() as d:
         p = subprocess.run(
             ["socat", "-t", "5", "-", "UNIX-CONNECT:" + d.sock],

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from service_util import (ROOT_MAN, Daemon, Notify, QMP, Runner,  # noqa
                           binary, environ, make_chain, top_blockdev,
                           wait_exit, workdir)
+from qmp import skip_check  # noqa: E402
 
 
 def run_bjd(*args, env=None):
@@ -180,8 +181,7 @@ def connect_as(path, uid):
 
 def test_allow_uid_and_socket_group():
     if os.geteuid() != 0:
-        print("not root: cannot connect as other users; skipped")
-        return
+        skip_check("not root: cannot connect as other users")
     d = workdir()
     os.chmod(d, 0o755)
     with Daemon(["--allow-uid", "4242", "--socket-mode", "0666",
@@ -219,8 +219,7 @@ def test_allow_uid_and_socket_group_by_name():
     user, uid = first_entry("/etc/passwd")
     group, gid = first_entry("/etc/group")
     if os.geteuid() != 0 or user is None or group is None:
-        print("not root or no user/group entries: skipped")
-        return
+        skip_check("not root or no user/group entries")
     d = workdir()
     os.chmod(d, 0o755)
     with Daemon(["--allow-uid", user, "--socket-mode", "0666",

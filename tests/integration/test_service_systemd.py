@@ -14,6 +14,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from service_util import (ROOT, QMP, Runner, binary, wait_exit,  # noqa
                           workdir)
+from qmp import skip_check  # noqa: E402
 
 FILES = ["sbin/blockjobd", "bin/blockjobctl",
          "share/man/man8/blockjobd.8", "share/man/man1/blockjobctl.1",
@@ -49,8 +50,7 @@ def test_make_install_destdir():
 
 def test_analyze_verify_installed_units():
     if shutil.which("systemd-analyze") is None:
-        print("systemd-analyze missing: skipped")
-        return
+        skip_check("systemd-analyze missing")
     d = workdir()
     prefix = os.path.join(d, "usr")
     make_install(PREFIX=prefix)
@@ -69,9 +69,8 @@ def test_analyze_verify_installed_units():
     out = p.stdout
     if p.returncode != 0 and ("Failed to initialize manager" in out or
                               "Permission denied" in out):
-        print("systemd-analyze cannot run in this sandbox: skipped (%s)"
-              % out.strip())
-        return
+        skip_check("systemd-analyze cannot run in this sandbox (%s)"
+                   % out.strip())
     assert p.returncode == 0 and out.strip() == "", out
     shutil.rmtree(d, ignore_errors=True)
 
@@ -80,8 +79,7 @@ def test_systemd_socket_activate():
     tool = shutil.which("systemd-socket-activate")
     if tool is None:
         # test_service.py covers LISTEN_FDS with its own launcher
-        print("systemd-socket-activate missing: skipped")
-        return
+        skip_check("systemd-socket-activate missing")
     d = workdir()
     sock = os.path.join(d, "qmp.sock")
     log = open(os.path.join(d, "log"), "w+b")
