@@ -96,9 +96,13 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB_OBJ) $(FAKE_OBJ)
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # Debian packages the build and the tests need; installs only what is missing.
+# man-db and systemd: the systemd test runs `systemd-analyze verify`, which
+# resolves the units' Documentation=man: lines with man(1), and
+# systemd-socket-activate.
 DEB_PKGS := gcc make pkg-config libuv1-dev libjansson-dev libaio-dev \
             libcmocka-dev zlib1g-dev libc6-dev python3 socat qemu-utils \
-            qemu-system-common clang-format clang libclang-rt-14-dev
+            qemu-system-common clang-format clang libclang-rt-14-dev \
+            man-db systemd
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
