@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backends/aio.h"
+#include "backends/bitmap.h"
 
 struct drain_waiter {
     struct bdev *bs;
@@ -95,6 +96,9 @@ void bdev_req_complete(struct bdev_req *req, int ret)
     /* The callback may end a job that drops the last reference to this
      * very node (a job's filter): keep it alive until the count is done. */
     bs->refcnt++;
+    if (req->op == BDEV_OP_WRITE || req->op == BDEV_OP_WRITE_ZEROES) {
+        bitmap_note_write(bs, req->offset, req->bytes);
+    }
     req->cb(req->opaque, ret);
     free(req);
     bs->in_flight--;

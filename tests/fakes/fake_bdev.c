@@ -15,6 +15,7 @@ struct fake_state {
     int fail_all_errno;
     char *backing_file, *backing_fmt;
     int changes;
+    unsigned writes, zero_writes;
 };
 
 enum held_kind { HELD_REQ, HELD_STATUS, HELD_CHANGE };
@@ -204,6 +205,11 @@ const char *fake_bdev_backing_fmt(struct bdev *bs)
     return st(bs)->backing_fmt;
 }
 
+unsigned fake_bdev_writes(struct bdev *bs, bool zeroes)
+{
+    return zeroes ? st(bs)->zero_writes : st(bs)->writes;
+}
+
 int fake_bdev_changes(struct bdev *bs)
 {
     return st(bs)->changes;
@@ -252,10 +258,12 @@ static int do_req(struct bdev *bs, struct bdev_req *req)
         }
         break;
     case BDEV_OP_WRITE:
+        s->writes++;
         fake_bdev_fill(bs, req->offset, req->bytes, 0);
         memcpy(s->data + req->offset, req->buf, req->bytes);
         break;
     case BDEV_OP_WRITE_ZEROES:
+        s->zero_writes++;
         fake_bdev_fill(bs, req->offset, req->bytes, 0);
         break;
     case BDEV_OP_FLUSH:

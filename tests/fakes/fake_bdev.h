@@ -25,6 +25,8 @@ void fake_bdev_fail_all(struct bdev *bs, int errno_);
 const char *fake_bdev_backing_file(struct bdev *bs);
 const char *fake_bdev_backing_fmt(struct bdev *bs);
 int fake_bdev_changes(struct bdev *bs);
+/* Data writes (zeroes false) or write-zeroes (true) done on the node. */
+unsigned fake_bdev_writes(struct bdev *bs, bool zeroes);
 
 /* Held operations, all nodes. */
 unsigned fake_pending(void);
