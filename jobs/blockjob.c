@@ -112,6 +112,119 @@ enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
     return action;
 }
 
+void blockjob_set_on_error(struct blockjob *bj, enum blockjob_on_error source,
+                           enum blockjob_on_error target, bool target_read)
+{
+    bj->on_error = source;
+    bj->on_target_error = target;
+    bj->target_errors_read = target_read;
+}
+
+/* ---- the copy engine's hooks ---- */
+
+static bool copy_may_issue(void *opaque)
+{
+    return job_may_issue(opaque);
+}
+
+static bool copy_stopped(void *opaque)
+{
+    return job_is_cancelled(opaque);
+}
+
+static enum job_io io_kind(enum copy_io kind)
+{
+    return kind == COPY_IO_DATA ? JOB_IO_DATA : JOB_IO_QUERY;
+}
+
+static bool copy_pace(void *opaque, enum copy_io kind)
+{
+    struct blockjob *bj = opaque;
+
+    return job_pace(&bj->job, io_kind(kind), blockjob_ratelimit_delay(bj));
+}
+
+static void copy_account(void *opaque, uint64_t bytes)
+{
+    blockjob_ratelimit_account(opaque, bytes);
+}
+
+static void copy_io_begin(void *opaque, enum copy_io kind)
+{
+    job_io_begin(opaque, io_kind(kind));
+}
+
+static void copy_io_end(void *opaque)
+{
+    job_io_end(opaque);
+}
+
+/* A skipped chunk: QEMU's loop sleeps 0 ns (yields) before the next. */
+static void copy_skipped(void *opaque, uint64_t from, uint64_t to)
+{
+    (void)from;
+    (void)to;
+    job_yield_point(opaque);
+}
+
+static enum copy_action copy_error(void *opaque, int err, enum copy_side side)
+{
+    struct blockjob *bj = opaque;
+    enum blockjob_on_error saved = bj->on_error;
+    bool is_read = side == COPY_SIDE_SOURCE || bj->target_errors_read;
+    enum blockjob_action a;
+
+    if (side == COPY_SIDE_TARGET) {
+        bj->on_error = bj->on_target_error;
+    }
+    a = blockjob_error_action(bj, err, is_read);
+    bj->on_error = saved;
+    switch (a) {
+    case BLOCKJOB_ACTION_STOP:
+        return COPY_ACTION_STOP;
+    case BLOCKJOB_ACTION_IGNORE:
+        return COPY_ACTION_IGNORE;
+    case BLOCKJOB_ACTION_REPORT:
+        break;
+    }
+    return COPY_ACTION_REPORT;
+}
+
+/* QEMU breaks out of its loop at once: a job sleeping off the rate limit
+ * of a later chunk ends now. */
+static void copy_ending(void *opaque)
+{
+    job_wake(opaque);
+}
+
+static void copy_progress(void *opaque, uint64_t offset)
+{
+    struct job *job = opaque;
+
+    if (offset > job->progress_current) {
+        job_progress_set_current(job, offset);
+    }
+}
+
+static void copy_done(void *opaque, int ret)
+{
+    job_completed(opaque, ret);
+}
+
+const struct copy_hooks blockjob_copy_hooks = {
+    .may_issue = copy_may_issue,
+    .stopped = copy_stopped,
+    .pace = copy_pace,
+    .account = copy_account,
+    .io_begin = copy_io_begin,
+    .io_end = copy_io_end,
+    .skipped = copy_skipped,
+    .error = copy_error,
+    .ending = copy_ending,
+    .progress = copy_progress,
+    .done = copy_done,
+};
+
 int blockjob_set_speed(struct blockjob *bj, int64_t speed,
                        struct qmp_error *err)
 {

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backends/block_copy.h"
 #include "jobs/job.h"
 #include "jobs/ratelimit.h"
 
@@ -40,7 +41,12 @@ struct blockjob {
     struct job job; /* first: drivers embed struct blockjob first */
     int64_t speed;
     struct ratelimit rl;
+    /* Per side: the source's (reads, queries) and the target's (writes)
+     * policy, and whether the target's errors are reported as reads
+     * (stream: its writes are a copy-on-read's). */
     enum blockjob_on_error on_error;
+    enum blockjob_on_error on_target_error;
+    bool target_errors_read;
     enum blockjob_io_status iostatus;
     /* blockjob_add_node's links, and the job's BlockBackend. */
     struct bdev_user **links;
@@ -68,6 +74,16 @@ enum blockjob_action blockjob_error_decide(enum blockjob_on_error policy,
  * after resume (stop). */
 enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
                                            bool is_read);
+
+/* The copy engine's hooks for a block job (opaque: the struct blockjob):
+ * it runs while the job may issue, paced by the job's speed; its I/O kinds
+ * go to the job core (job_io_begin), its errors through the job's per-side
+ * policy (blockjob_error_action), its progress and end to the job. */
+extern const struct copy_hooks blockjob_copy_hooks;
+/* Sets both sides' policy: the source's errors reported as reads, the
+ * target's as writes unless target_read. */
+void blockjob_set_on_error(struct blockjob *bj, enum blockjob_on_error source,
+                           enum blockjob_on_error target, bool target_read);
 
 /* Verb set-speed plus QEMU's checks; -errno and err set on refusal. */
 int blockjob_set_speed(struct blockjob *bj, int64_t speed,

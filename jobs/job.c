@@ -490,14 +490,38 @@ void job_yield_point(struct job *job)
     }
 }
 
-void job_io_begin(struct job *job)
+bool job_pace(struct job *job, enum job_io kind, uint64_t delay_ns)
 {
-    /* The driver clears sleep_cut when it issues the chunk the cut let
-     * through (a query leaves it set). */
+    /* After a sleep cut short (pause/resume, speed raised) QEMU's job does
+     * its next chunk before it looks at the limit again; a query on the
+     * way there does not use the cut up. */
+    if (job->sleep_cut) {
+        if (kind == JOB_IO_DATA) {
+            job->sleep_cut = false;
+        }
+        return true;
+    }
+    if (delay_ns) {
+        job_sleep_ns(job, delay_ns);
+        return false;
+    }
+    return true;
+}
+
+void job_io_begin(struct job *job, enum job_io kind)
+{
+    /* Data is the chunk a cut let through (a query leaves the cut set):
+     * that pays one owed cut. */
+    if (kind == JOB_IO_DATA) {
+        job->sleep_cut = false;
+    }
     if (!job->sleep_cut && job->cuts_owed > 0) {
         job->cuts_owed--;
     }
     job->in_flight++;
+    if (kind == JOB_IO_DATA) {
+        job_yield_point(job); /* QEMU's coroutine waits for it */
+    }
 }
 
 void job_io_end(struct job *job)

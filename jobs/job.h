@@ -229,7 +229,20 @@ bool job_is_cancelled(const struct job *job);
 /* False while a pause or cancel is pending or the job sleeps: then the
  * driver must not issue new requests. */
 bool job_may_issue(const struct job *job);
-void job_io_begin(struct job *job);
+/* What a request of the driver is: the core keeps replies and events in
+ * qsd's order from it. Data (a chunk read and written) is where QEMU's
+ * coroutine yields and uses up a sleep cut short; a query (block status)
+ * is neither. */
+enum job_io {
+    JOB_IO_DATA,
+    JOB_IO_QUERY,
+};
+/* Before issuing a request of `kind` that the rate limit paces, with the
+ * limit's delay: true to go now (also after a sleep cut short: QEMU's job
+ * then does its next chunk unslept, and data uses the cut up); false when
+ * the job went to sleep for delay_ns (run is called again after). */
+bool job_pace(struct job *job, enum job_io kind, uint64_t delay_ns);
+void job_io_begin(struct job *job, enum job_io kind);
 /* Ends one in-flight request and re-enters the job (run, park or end). */
 void job_io_end(struct job *job);
 /* Sleeps `ns` nanoseconds (rate limit): busy = false; a pause or cancel

@@ -1,53 +1,23 @@
-/* The block-stream driver: a state machine over bdev completions.
+/* block-stream: parameters, setup and the ending (the backing change).
  *
- * The disk is scanned front to back: a block-status query on the top says
- * what the top already holds (skipped), a query of the chain from the top's
- * backing down to the lowest copied node says what must be copied. Copy runs
- * are cut into chunks issued up to the queue depth; each chunk is read
- * through the copy-on-read filter inserted above the top (so unallocated
- * ranges come from the chain) and written into the top (zeroes as
- * write-zeroes, as QEMU's copy-on-read does). The filter lives from the
- * start until the job's prepare (success) or clean (failure, cancel), as
- * in QEMU, so query-named-block-nodes shows the same graph.
- *
- * Progress is the contiguous prefix of the disk that is done: the lowest
- * offset of any chunk not finished (in flight, held for a retry after a
- * stop, or failed), else the scan position. So with an error at 512 KiB the
- * job reports offset 524288 however many later chunks completed, like QEMU's
- * one-chunk-at-a-time loop.
+ * The copy is the engine's (backends/block_copy.h) over the allocation scan
+ * "allocated below the top, down to the bottom" (jobs/scan.h): each chunk
+ * is read through the copy-on-read filter inserted above the top (so
+ * unallocated ranges come from the chain) and written into the top. Every
+ * error counts as a read (QEMU's copy-on-read read fails) under the one
+ * on-error policy. The filter lives from the start until the job's prepare
+ * (success) or clean (failure, cancel), as in QEMU, so
+ * query-named-block-nodes shows the same graph.
  */
 #include "jobs/stream.h"
 
-#include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/bdev_backing.h"
 #include "jobs/job_qmp.h"
+#include "jobs/scan.h"
 #include "protocol/qmp.h"
-
-/* A status query never asks for more than this (bounds one answer). */
-#define STREAM_QUERY_MAX (1ULL << 30)
-
-enum req_state {
-    REQ_FREE,
-    REQ_BUSY, /* read or write in flight */
-    REQ_HELD, /* failed with on-error stop: retried after resume */
-    REQ_DEAD, /* failed with report: the job ends; progress stops here */
-};
-
-struct stream_req {
-    struct stream_job *s;
-    enum req_state st;
-    uint64_t off;
-    uint64_t bytes;
-    /* What is read and written: [off, off + bytes) rounded out to the
-     * top's clusters, as QEMU's copy-on-read does (one write, zeroes if
-     * all of it reads as zeroes). */
-    uint64_t ioff, ibytes;
-    void *buf;
-    bool zero_fallback; /* write-zeroes refused: written as data */
-};
 
 struct stream_job {
     struct blockjob common; /* first */
@@ -56,401 +26,22 @@ struct stream_job {
     struct bdev *base;   /* new backing; NULL: none */
     struct bdev *bottom; /* lowest node copied from; NULL: nothing to copy */
     char *backing_file;
-    char *backing_fmt;
     struct bdev **claimed; /* top .. bottom, referenced and claimed */
     size_t n_claimed;
     bool reopened_rw;
-    uint64_t len;
-    uint64_t chunk;
-    uint64_t scan;    /* everything below was handed out or skipped */
-    uint64_t run_end; /* [scan, run_end) must be copied */
-    /* [scan, top_free_end) is known unallocated in the top: only the job
-     * writes the top, and only below scan, so the answer stays true and
-     * the top is not asked again for it (asking it about the rest of the
-     * disk after every run made the scan quadratic). */
-    uint64_t top_free_end;
-    uint64_t cluster;    /* the top's: copies are rounded out to it */
-    uint64_t copied_end; /* [scan, copied_end) was copied by rounding */
-    bool querying;
-    bool failing; /* a report error: issue nothing more */
-    int first_err;
-    unsigned depth;
-    struct stream_req *reqs;
-    void *bufs;
+    struct alloc_scan scan; /* allocated below the top, down to bottom */
+    struct block_copy *copy;
     job_done_fn *prepare_cb;
 };
-
-static void stream_run(struct job *job);
 
 static struct stream_job *to_stream(struct job *job)
 {
     return (struct stream_job *)job;
 }
 
-static void update_progress(struct stream_job *s)
-{
-    uint64_t p = s->scan;
-
-    for (unsigned i = 0; i < s->depth; i++) {
-        if (s->reqs[i].st != REQ_FREE && s->reqs[i].off < p) {
-            p = s->reqs[i].off;
-        }
-    }
-    if (p > s->common.job.progress_current) {
-        job_progress_set_current(&s->common.job, p);
-    }
-}
-
-static bool buffer_is_zero(const void *buf, size_t len)
-{
-    const uint64_t *p = buf;
-
-    /* Buffers are aligned and chunks are multiples of 512 bytes except maybe
-     * the disk's tail. */
-    for (size_t i = 0; i < len / 8; i++) {
-        if (p[i]) {
-            return false;
-        }
-    }
-    for (size_t i = len & ~(size_t)7; i < len; i++) {
-        if (((const unsigned char *)buf)[i]) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static bool any_held(const struct stream_job *s)
-{
-    for (unsigned i = 0; i < s->depth; i++) {
-        if (s->reqs[i].st == REQ_HELD) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* A request failed (read or write: stream always reports "read").
- * QEMU copies one chunk at a time, so it decides (and emits
- * BLOCK_JOB_ERROR) once per stop or end; with several chunks in flight the
- * ones failing after a decision follow it silently: behind a stop they are
- * held for the retry after resume (QEMU would only reach them then), after
- * a report they just end. */
-static void req_failed(struct stream_req *r, int ret)
-{
-    struct stream_job *s = r->s;
-    enum blockjob_action action;
-
-    if (s->failing) {
-        r->st = REQ_DEAD;
-        return;
-    }
-    if (any_held(s)) {
-        r->st = REQ_HELD;
-        return;
-    }
-    action = blockjob_error_action(&s->common, ret, true);
-    switch (action) {
-    case BLOCKJOB_ACTION_STOP:
-        r->st = REQ_HELD;
-        break;
-    case BLOCKJOB_ACTION_IGNORE:
-        if (!s->first_err) {
-            s->first_err = ret;
-        }
-        r->st = REQ_FREE;
-        break;
-    case BLOCKJOB_ACTION_REPORT:
-        if (!s->first_err) {
-            s->first_err = ret;
-        }
-        r->st = REQ_DEAD;
-        s->failing = true;
-        /* QEMU breaks out of its loop at once: a job sleeping off the
-         * rate limit of a chunk issued after this one ends now. */
-        job_wake(&s->common.job);
-        break;
-    }
-}
-
-static void write_done(void *opaque, int ret);
-
-static void issue_write(struct stream_req *r)
-{
-    struct stream_job *s = r->s;
-    int ret;
-
-    if (!r->zero_fallback && buffer_is_zero(r->buf, r->ibytes)) {
-        ret = bdev_write_zeroes(s->top, r->ioff, r->ibytes, write_done, r);
-        if (ret != -ENOTSUP) {
-            goto out;
-        }
-        r->zero_fallback = true;
-    }
-    ret = bdev_write(s->top, r->ioff, r->ibytes, r->buf, write_done, r);
-out:
-    if (ret < 0) {
-        write_done(r, ret);
-    }
-}
-
-static void write_done(void *opaque, int ret)
-{
-    struct stream_req *r = opaque;
-    struct stream_job *s = r->s;
-
-    if (ret == -ENOTSUP && !r->zero_fallback) {
-        r->zero_fallback = true;
-        issue_write(r);
-        return;
-    }
-    if (ret < 0) {
-        req_failed(r, ret);
-    } else {
-        r->st = REQ_FREE;
-    }
-    update_progress(s);
-    job_io_end(&s->common.job);
-}
-
-static void read_done(void *opaque, int ret)
-{
-    struct stream_req *r = opaque;
-    struct stream_job *s = r->s;
-
-    if (ret < 0) {
-        req_failed(r, ret);
-        update_progress(s);
-        job_io_end(&s->common.job);
-        return;
-    }
-    r->zero_fallback = false;
-    issue_write(r);
-}
-
-static void issue_req(struct stream_req *r)
-{
-    struct stream_job *s = r->s;
-    int ret;
-
-    r->st = REQ_BUSY;
-    job_io_begin(&s->common.job);
-    job_yield_point(&s->common.job); /* QEMU's coroutine waits for it */
-    ret = bdev_read(s->filter ? s->filter : s->top, r->ioff, r->ibytes, r->buf,
-                    read_done, r);
-    if (ret < 0) {
-        read_done(r, ret);
-    }
-}
-
-static struct stream_req *free_req(struct stream_job *s)
-{
-    for (unsigned i = 0; i < s->depth; i++) {
-        if (s->reqs[i].st == REQ_FREE) {
-            return &s->reqs[i];
-        }
-    }
-    return NULL;
-}
-
-/* Answer about the chain below the top for [scan, scan + pnum). */
-static void chain_status_done(void *opaque, int ret, unsigned status,
-                              uint64_t pnum)
-{
-    struct stream_job *s = opaque;
-    uint64_t from = s->scan;
-
-    s->querying = false;
-    if (ret < 0 && (s->failing || any_held(s))) {
-        /* Decided already (see req_failed): asked again after resume. */
-    } else if (ret < 0) {
-        /* Treated like a failed read of one chunk. */
-        enum blockjob_action a = blockjob_error_action(&s->common, ret, true);
-
-        if (a != BLOCKJOB_ACTION_STOP && !s->first_err) {
-            s->first_err = ret;
-        }
-        if (a == BLOCKJOB_ACTION_REPORT) {
-            s->failing = true;
-            job_wake(&s->common.job);
-        } else if (a == BLOCKJOB_ACTION_IGNORE) {
-            uint64_t n =
-                s->len - s->scan < s->chunk ? s->len - s->scan : s->chunk;
-            s->scan += n;
-        }
-    } else if (status & BDEV_STATUS_ALLOCATED) {
-        s->run_end = s->scan + pnum;
-    } else if (pnum == 0) {
-        s->scan = s->len; /* the top's backing ends: nothing more below */
-        from = s->len;    /* QEMU's loop ends in this very iteration */
-    } else {
-        s->scan += pnum;
-    }
-    /* A chunk skipped: QEMU's loop sleeps (0 ns: it yields) before the
-     * next one, unless this one reached the end; its skips are at most a
-     * chunk long. */
-    if (s->scan > from && (s->scan < s->len || s->scan - from > s->chunk)) {
-        job_yield_point(&s->common.job);
-    }
-    update_progress(s);
-    job_io_end(&s->common.job);
-}
-
-/* Answer about the top itself for [scan, ...). */
-static void top_status_done(void *opaque, int ret, unsigned status,
-                            uint64_t pnum)
-{
-    struct stream_job *s = opaque;
-    struct bdev *backing = bdev_backing(s->top);
-
-    if (ret >= 0 && !(status & BDEV_STATUS_ALLOCATED) && backing) {
-        s->top_free_end = s->scan + pnum;
-        ret = bdev_is_allocated_above(backing, s->bottom, s->scan, pnum,
-                                      chain_status_done, s);
-        if (ret >= 0) {
-            return; /* still querying, still counted in flight */
-        }
-    } else if (ret >= 0) {
-        status = 0; /* allocated in top (or no backing): skip */
-    }
-    chain_status_done(s, ret, 0, pnum);
-}
-
-static void issue_query(struct stream_job *s)
-{
-    uint64_t n = s->len - s->scan;
-    int ret;
-
-    if (n > STREAM_QUERY_MAX) {
-        n = STREAM_QUERY_MAX;
-    }
-    s->querying = true;
-    job_io_begin(&s->common.job);
-    if (s->scan < s->copied_end) {
-        /* Allocated in the top now (the end of a rounded copy): skip. */
-        chain_status_done(s, 0, 0, s->copied_end - s->scan);
-        return;
-    }
-    if (s->scan < s->top_free_end) {
-        /* The top's answer is known: ask the chain below it. */
-        top_status_done(s, 0, 0, s->top_free_end - s->scan);
-        return;
-    }
-    ret = bdev_block_status(s->top, s->scan, n, top_status_done, s);
-    if (ret < 0) {
-        s->querying = false;
-        chain_status_done(s, ret, 0, 0);
-    }
-}
-
-static bool all_free(struct stream_job *s)
-{
-    for (unsigned i = 0; i < s->depth; i++) {
-        if (s->reqs[i].st != REQ_FREE) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static void stream_run(struct job *job)
 {
-    struct stream_job *s = to_stream(job);
-
-    if (job_is_cancelled(job) || s->failing) {
-        if (job->in_flight == 0) {
-            job_completed(job, s->first_err);
-        }
-        return;
-    }
-    /* Done, also with a pause pending: QEMU's loop has no pause point
-     * after its last chunk. */
-    if (s->scan >= s->len && job->in_flight == 0 && all_free(s)) {
-        job_completed(job, s->first_err);
-        return;
-    }
-    while (job_may_issue(job)) {
-        struct stream_req *r = NULL;
-        uint64_t delay, end;
-
-        /* Chunks held by an error stop go first, unchanged. */
-        for (unsigned i = 0; i < s->depth; i++) {
-            if (s->reqs[i].st == REQ_HELD) {
-                r = &s->reqs[i];
-                break;
-            }
-        }
-        if (r) {
-            /* The retry is the chunk a resume lets through unslept. */
-            job->sleep_cut = false;
-            issue_req(r);
-            continue;
-        }
-        if (s->querying) {
-            return;
-        }
-        if (s->scan < s->run_end) {
-            r = free_req(s);
-            if (!r) {
-                return; /* queue full: a completion re-enters */
-            }
-            /* After a sleep cut short (pause/resume, speed raised) QEMU
-             * copies one chunk before it looks at the limit again. */
-            delay = job->sleep_cut ? 0 : blockjob_ratelimit_delay(&s->common);
-            job->sleep_cut = false;
-            if (delay) {
-                job_sleep_ns(job, delay);
-                return;
-            }
-            /* Chunks are cut from the start of each run, as QEMU's loop
-             * (which asks for the status of at most one chunk from its
-             * current offset) does, so progress after an error or a pause
-             * is the same offset qsd shows. Runs start where an allocation
-             * status changes, i.e. on cluster boundaries of the layers. */
-            if (s->scan < s->copied_end) {
-                /* Copied by the previous chunk's rounding: allocated in
-                 * the top now, skipped as QEMU's next iteration does. */
-                s->scan = s->copied_end;
-                update_progress(s);
-                continue;
-            }
-            end = s->scan + s->chunk;
-            if (end > s->run_end) {
-                end = s->run_end;
-            }
-            r->off = s->scan;
-            r->bytes = end - s->scan;
-            r->ioff = r->off - r->off % s->cluster;
-            r->ibytes = end + (s->cluster - end % s->cluster) % s->cluster;
-            if (r->ibytes > s->len) {
-                r->ibytes = s->len;
-            }
-            s->copied_end = r->ibytes;
-            r->ibytes -= r->ioff;
-            s->scan = end;
-            blockjob_ratelimit_account(&s->common, r->bytes);
-            issue_req(r);
-            continue;
-        }
-        if (s->scan >= s->len) {
-            if (job->in_flight == 0 && all_free(s)) {
-                job_completed(job, s->first_err);
-            }
-            return;
-        }
-        /* QEMU sleeps off the rate limit at the top of every iteration,
-         * skips included: after the last copy it sleeps before it finds
-         * there is nothing left. A sleep cut short still lets the next
-         * chunk (found by this query) through. */
-        if (!job->sleep_cut) {
-            delay = blockjob_ratelimit_delay(&s->common);
-            if (delay) {
-                job_sleep_ns(job, delay);
-                return;
-            }
-        }
-        issue_query(s);
-    }
+    block_copy_run(to_stream(job)->copy);
 }
 
 /* Gives the top its parents back (nothing is in flight: prepare and clean
@@ -544,10 +135,8 @@ static void stream_free(struct job *job)
         bdev_unref(s->base);
     }
     free(s->claimed);
-    bdev_buf_free(s->bufs);
-    free(s->reqs);
+    block_copy_free(s->copy);
     free(s->backing_file);
-    free(s->backing_fmt);
 }
 
 static const struct job_driver stream_driver = {
@@ -568,6 +157,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     struct stream_job *s;
     struct job *job;
     struct bdev *n, *bottom = NULL, *filter, *resizer;
+    struct copy_params cp = {0};
     size_t n_nodes = 0;
     uint32_t cluster;
     bool reopened = false;
@@ -629,7 +219,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         goto fail_filter;
     }
     s = to_stream(job);
-    s->common.on_error = p->on_error;
+    blockjob_set_on_error(&s->common, p->on_error, p->on_error, true);
     ratelimit_init(&s->common.rl);
     if (blockjob_set_speed(&s->common, p->speed, err) < 0) {
         job_early_fail(job);
@@ -663,35 +253,26 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         s->claimed[s->n_claimed++] = n;
     }
     cluster = bdev_cluster_size(p->top);
-    s->cluster = cluster ? cluster : 1;
-    s->chunk = p->chunk ? p->chunk : STREAM_CHUNK;
-    if (cluster > s->chunk) {
-        s->chunk = cluster;
+    cp.chunk = p->chunk ? p->chunk : STREAM_CHUNK;
+    if (cluster > cp.chunk) {
+        cp.chunk = cluster;
     }
-    s->depth = p->queue_depth ? p->queue_depth : STREAM_QUEUE_DEPTH;
+    cp.request = cp.chunk;
+    cp.depth = p->queue_depth ? p->queue_depth : STREAM_QUEUE_DEPTH;
+    cp.cluster = cluster;
+    cp.source = filter;
+    cp.target = p->top;
+    cp.hooks = &blockjob_copy_hooks;
+    cp.opaque = &s->common;
     if (s->bottom) {
         int64_t len = bdev_length(p->top);
-        size_t stride;
 
-        s->len = len > 0 ? (uint64_t)len : 0;
-        job_progress_set_total(job, s->len);
-        s->reqs = calloc(s->depth, sizeof(*s->reqs));
-        stride = s->chunk + 2 * (s->cluster < 4096 ? 4096 : s->cluster);
-        s->bufs = bdev_buf_alloc(stride * s->depth);
-        if (!s->reqs || !s->bufs) {
-            /* Too big for memory: fail like an I/O error would. */
-            s->failing = true;
-            s->first_err = -ENOMEM;
-            s->depth = 0;
-        }
-        for (unsigned i = 0; i < s->depth; i++) {
-            s->reqs[i].s = s;
-            s->reqs[i].buf = (char *)s->bufs + (size_t)i * stride;
-        }
-    } else {
-        s->scan = s->len = 0; /* QEMU reports len 0 for a no-op stream */
-        s->depth = 0;
+        cp.len = len > 0 ? (uint64_t)len : 0;
+        job_progress_set_total(job, cp.len);
+        scan_below_top(&s->scan, p->top, s->bottom, &cp.src);
     }
+    /* Without a bottom, len 0: QEMU reports len 0 for a no-op stream. */
+    s->copy = block_copy_new(&cp);
     job_start(job);
     return job;
 
@@ -762,88 +343,6 @@ static bool tuning_args(json_t *args, struct stream_params *p,
     return true;
 }
 
-static bool chain_contains(struct bdev *top, struct bdev *n)
-{
-    for (struct bdev *i = top; i; i = bdev_chain_next(i)) {
-        if (i == n) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* QEMU's path_has_protocol(): "proto:..." before any '/'. */
-static bool has_protocol(const char *path)
-{
-    return path[strcspn(path, ":/")] == ':';
-}
-
-/* `name` relative to the directory of the node's image file (QEMU's
- * bdrv_make_absolute_filename), NULL when that has no plain name. */
-static char *relative_to(struct bdev *bs, const char *name)
-{
-    const char *file = NULL, *slash;
-    char *out;
-
-    if (name[0] == '/' || has_protocol(name)) {
-        return strdup(name);
-    }
-    for (struct bdev *c = bs; c; c = bdev_file_child(c)) {
-        file = bdev_filename(c);
-    }
-    if (!file || !file[0] || has_protocol(file)) {
-        return NULL;
-    }
-    slash = strrchr(file, '/');
-    if (asprintf(&out, "%.*s%s", slash ? (int)(slash - file + 1) : 0, file,
-                 name) < 0) {
-        return NULL;
-    }
-    return out;
-}
-
-static bool same_real_path(const char *a, const char *b)
-{
-    char ra[PATH_MAX], rb[PATH_MAX];
-
-    return a && b && realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb);
-}
-
-/* QEMU's bdrv_find_backing_image(): the node below each image of the chain
- * whose name matches - the node's current name when the image's backing is
- * not the header's (json:{...} for a node whose own backing was given by
- * reference), else the header's name, literally or relative to the image. */
-static struct bdev *find_backing_image(struct bdev *top, const char *name)
-{
-    for (struct bdev *curr = bdev_skip_filters(top); curr && bdev_backing(curr);
-         curr = bdev_skip_filters(bdev_backing(curr))) {
-        struct bdev *below = bdev_skip_filters(bdev_backing(curr));
-        char *header = bdev_header_backing(curr), *a = NULL, *b = NULL;
-        bool found;
-
-        if (bdev_backing_overridden(curr)) {
-            a = bdev_query_filename(below);
-            found = a && !strcmp(name, a);
-        } else if (!header) {
-            found = false;
-        } else if (has_protocol(name) || has_protocol(header)) {
-            b = relative_to(curr, header);
-            found = !strcmp(name, header) || (b && !strcmp(name, b));
-        } else {
-            a = relative_to(curr, name);
-            b = relative_to(curr, header);
-            found = same_real_path(a, b);
-        }
-        free(header);
-        free(a);
-        free(b);
-        if (found) {
-            return below;
-        }
-    }
-    return NULL;
-}
-
 static json_t *block_stream(json_t *args, struct qmp_session *sess,
                             struct qmp_error *err)
 {
@@ -883,7 +382,7 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
         return NULL;
     }
     if (base) {
-        base_bs = find_backing_image(top, base);
+        base_bs = bdev_find_backing_image(top, base);
         if (!base_bs) {
             qmp_error_setg(err, "Can't find '%s' in the backing chain", base);
             return NULL;
@@ -896,7 +395,7 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
                            base_node);
             return NULL;
         }
-        if (base_bs == top || !chain_contains(top, base_bs)) {
+        if (base_bs == top || !bdev_chain_contains(top, base_bs)) {
             qmp_error_setg(err, "Node '%s' is not a backing image of '%s'",
                            base_node, device);
             return NULL;
@@ -918,7 +417,7 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
                            bottom);
             return NULL;
         }
-        if (!chain_contains(top, bottom_bs)) {
+        if (!bdev_chain_contains(top, bottom_bs)) {
             qmp_error_setg(err,
                            "Node '%s' is not in a chain starting from '%s'",
                            bottom, device);

@@ -69,7 +69,7 @@ static void t_run(struct job *job)
     while (job_may_issue(job) && t->work > 0 && t->issued < 2) {
         t->work--;
         t->issued++;
-        job_io_begin(job);
+        job_io_begin(job, JOB_IO_QUERY);
     }
     if (t->work == 0 && job->in_flight == 0) {
         job_completed(job, t->ret);
@@ -602,10 +602,9 @@ static void test_hold_and_owed_cuts(void **state)
     job_unhold();
     assert_int_equal(a->issued, 2);
     assert_false(job_all_quiet());
-    /* The driver clears sleep_cut when it issues the chunk a cut let
-     * through: that pays one owed cut; the next sleep is a zero one. */
-    ja->sleep_cut = false;
-    job_io_begin(ja);
+    /* The chunk a cut let through (data) clears sleep_cut: that pays one
+     * owed cut; the next sleep is a zero one. */
+    job_io_begin(ja, JOB_IO_DATA);
     assert_int_equal(ja->cuts_owed, 1);
     job_sleep_ns(ja, 1000000000ULL);
     assert_true(ja->sleep_cut);
