@@ -130,7 +130,7 @@ static void status_now(uv_timer_t *t)
 
     for (struct job *j = job_first(); j; j = job_next(j)) {
         jobs++;
-        running += j->status == JOB_STATUS_RUNNING;
+        running += job_get_status(j) == JOB_STATUS_RUNNING;
     }
     snprintf(msg, sizeof(msg), "STATUS=%s%u job%s (%u running), %zu client%s",
              stopping ? "stopping: " : "", jobs, jobs == 1 ? "" : "s", running,

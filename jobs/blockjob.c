@@ -1,6 +1,8 @@
 /* Block jobs: speed, on-error, io-status, BLOCK_JOB_* events. */
 #include "jobs/blockjob.h"
 
+#include "jobs/job_int.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +85,10 @@ enum blockjob_action blockjob_error_decide(enum blockjob_on_error policy,
     return BLOCKJOB_ACTION_REPORT;
 }
 
-enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
+enum blockjob_action blockjob_error_action(struct job *job, int err,
                                            bool is_read)
 {
+    struct blockjob *bj = job_bj(job);
     enum blockjob_action action = blockjob_error_decide(bj->on_error, err);
     json_t *data = json_object();
 
@@ -112,9 +115,11 @@ enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
     return action;
 }
 
-void blockjob_set_on_error(struct blockjob *bj, enum blockjob_on_error source,
+void blockjob_set_on_error(struct job *job, enum blockjob_on_error source,
                            enum blockjob_on_error target, bool target_read)
 {
+    struct blockjob *bj = job_bj(job);
+
     bj->on_error = source;
     bj->on_target_error = target;
     bj->target_errors_read = target_read;
@@ -139,9 +144,7 @@ static enum job_io io_kind(enum copy_io kind)
 
 static bool copy_pace(void *opaque, enum copy_io kind)
 {
-    struct blockjob *bj = opaque;
-
-    return job_pace(&bj->job, io_kind(kind), blockjob_ratelimit_delay(bj));
+    return job_pace(opaque, io_kind(kind), blockjob_ratelimit_delay(opaque));
 }
 
 static void copy_account(void *opaque, uint64_t bytes)
@@ -169,7 +172,7 @@ static void copy_skipped(void *opaque, uint64_t from, uint64_t to)
 
 static enum copy_action copy_error(void *opaque, int err, enum copy_side side)
 {
-    struct blockjob *bj = opaque;
+    struct blockjob *bj = job_bj(opaque);
     enum blockjob_on_error saved = bj->on_error;
     bool is_read = side == COPY_SIDE_SOURCE || bj->target_errors_read;
     enum blockjob_action a;
@@ -177,7 +180,7 @@ static enum copy_action copy_error(void *opaque, int err, enum copy_side side)
     if (side == COPY_SIDE_TARGET) {
         bj->on_error = bj->on_target_error;
     }
-    a = blockjob_error_action(bj, err, is_read);
+    a = blockjob_error_action(opaque, err, is_read);
     bj->on_error = saved;
     switch (a) {
     case BLOCKJOB_ACTION_STOP:
@@ -225,9 +228,9 @@ const struct copy_hooks blockjob_copy_hooks = {
     .done = copy_done,
 };
 
-int blockjob_set_speed(struct blockjob *bj, int64_t speed,
-                       struct qmp_error *err)
+int blockjob_set_speed(struct job *job, int64_t speed, struct qmp_error *err)
 {
+    struct blockjob *bj = job_bj(job);
     int ret = job_apply_verb(&bj->job, JOB_VERB_SET_SPEED, err);
     int64_t old;
 
@@ -249,13 +252,15 @@ int blockjob_set_speed(struct blockjob *bj, int64_t speed,
     return 0;
 }
 
-uint64_t blockjob_ratelimit_delay(struct blockjob *bj)
+uint64_t blockjob_ratelimit_delay(struct job *job)
 {
+    struct blockjob *bj = job_bj(job);
     return ratelimit_delay(&bj->rl, now_ns());
 }
 
-void blockjob_ratelimit_account(struct blockjob *bj, uint64_t bytes)
+void blockjob_ratelimit_account(struct job *job, uint64_t bytes)
 {
+    struct blockjob *bj = job_bj(job);
     ratelimit_account(&bj->rl, bytes, now_ns());
 }
 
@@ -304,9 +309,9 @@ void blockjob_event_pending(struct job *job)
     qmp_event_emit("BLOCK_JOB_PENDING", data);
 }
 
-json_t *blockjob_info(struct blockjob *bj)
+json_t *blockjob_info(struct job *job)
 {
-    struct job *job = &bj->job;
+    struct blockjob *bj = job_bj(job);
     json_t *o = json_object();
 
     json_object_set_new(o, "auto-finalize", json_boolean(job->auto_finalize));
@@ -448,8 +453,9 @@ static void blockjob_release(struct job *job)
     bj->backend = NULL;
 }
 
-void blockjob_add_node(struct blockjob *bj, struct bdev *bs)
+void blockjob_add_node(struct job *job, struct bdev *bs)
 {
+    struct blockjob *bj = job_bj(job);
     struct bdev_user **v =
         realloc(bj->links, (bj->n_links + 1) * sizeof(*bj->links));
     bool *f = realloc(bj->froze, (bj->n_links + 1) * sizeof(*bj->froze));

@@ -34,29 +34,6 @@ enum blockjob_io_status {
 };
 
 struct bdev;
-struct bdev_user;
-struct bdev_drained;
-
-struct blockjob {
-    struct job job; /* first: drivers embed struct blockjob first */
-    int64_t speed;
-    struct ratelimit rl;
-    /* Per side: the source's (reads, queries) and the target's (writes)
-     * policy, and whether the target's errors are reported as reads
-     * (stream: its writes are a copy-on-read's). */
-    enum blockjob_on_error on_error;
-    enum blockjob_on_error on_target_error;
-    bool target_errors_read;
-    enum blockjob_io_status iostatus;
-    /* blockjob_add_node's links, and the job's BlockBackend. */
-    struct bdev_user **links;
-    bool *froze; /* links[i]'s node froze its link to links[i + 1]'s */
-    size_t n_links;
-    struct bdev_user *backend;
-    struct bdev_drained *detaching; /* section of the backend's release */
-    int detach_round;
-    job_done_fn *detach_done;
-};
 
 /* "report" ... "auto" -> enum; -1 if unknown. */
 int blockjob_on_error_parse(const char *name);
@@ -72,26 +49,25 @@ enum blockjob_action blockjob_error_decide(enum blockjob_on_error policy,
  * sets io-status (first error wins). Returns the action; the driver then
  * fails the job (report), goes on (ignore) or keeps the request to retry
  * after resume (stop). */
-enum blockjob_action blockjob_error_action(struct blockjob *bj, int err,
+enum blockjob_action blockjob_error_action(struct job *job, int err,
                                            bool is_read);
 
-/* The copy engine's hooks for a block job (opaque: the struct blockjob):
+/* The copy engine's hooks for a block job (opaque: the struct job):
  * it runs while the job may issue, paced by the job's speed; its I/O kinds
  * go to the job core (job_io_begin), its errors through the job's per-side
  * policy (blockjob_error_action), its progress and end to the job. */
 extern const struct copy_hooks blockjob_copy_hooks;
 /* Sets both sides' policy: the source's errors reported as reads, the
  * target's as writes unless target_read. */
-void blockjob_set_on_error(struct blockjob *bj, enum blockjob_on_error source,
+void blockjob_set_on_error(struct job *job, enum blockjob_on_error source,
                            enum blockjob_on_error target, bool target_read);
 
 /* Verb set-speed plus QEMU's checks; -errno and err set on refusal. */
-int blockjob_set_speed(struct blockjob *bj, int64_t speed,
-                       struct qmp_error *err);
+int blockjob_set_speed(struct job *job, int64_t speed, struct qmp_error *err);
 /* Rate limit for a driver: delay before the next request (ns) and
  * accounting of dispatched bytes. */
-uint64_t blockjob_ratelimit_delay(struct blockjob *bj);
-void blockjob_ratelimit_account(struct blockjob *bj, uint64_t bytes);
+uint64_t blockjob_ratelimit_delay(struct job *job);
+void blockjob_ratelimit_account(struct job *job, uint64_t bytes);
 /* Test hook: monotonic clock in ns (NULL: uv_hrtime). */
 void blockjob_set_clock(uint64_t (*now_ns)(void));
 
@@ -105,7 +81,7 @@ void blockjob_set_clock(uint64_t (*now_ns)(void));
  * the job is freed. Consecutive nodes down one chain have the link between
  * them frozen (QEMU's stream filter freezes its chain down to its bottom)
  * until the job's BlockBackend is released. */
-void blockjob_add_node(struct blockjob *bj, struct bdev *bs);
+void blockjob_add_node(struct job *job, struct bdev *bs);
 
 /* Hooks for struct job_driver. */
 void blockjob_user_resume(struct job *job);    /* io-status back to ok */
@@ -113,7 +89,7 @@ void blockjob_event_finished(struct job *job); /* COMPLETED / CANCELLED */
 void blockjob_event_pending(struct job *job);  /* BLOCK_JOB_PENDING */
 
 /* BlockJobInfo (query-block-jobs), members in qsd 7.2's order. */
-json_t *blockjob_info(struct blockjob *bj);
+json_t *blockjob_info(struct job *job);
 /* JobInfo (query-jobs) for any job. */
 json_t *job_info(struct job *job);
 

@@ -3,6 +3,8 @@
  * sequence (waiting, pending, finalize, concluded, null). */
 #include "jobs/job.h"
 
+#include "jobs/job_int.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <jansson.h>
@@ -211,7 +213,6 @@ struct job *job_create(const struct job_driver *drv, const char *id,
 {
     struct job *job;
 
-    assert(drv->instance_size >= sizeof(struct job));
     if (!job_id_wellformed(id)) {
         qmp_error_setg(err, "Invalid job ID '%s'", id ? id : "");
         return NULL;
@@ -220,7 +221,7 @@ struct job *job_create(const struct job_driver *drv, const char *id,
         qmp_error_setg(err, "Job ID '%s' already in use", id);
         return NULL;
     }
-    job = calloc(1, drv->instance_size);
+    job = calloc(1, JOB_PRIV_OFFSET + drv->instance_size);
     if (!job || !(job->id = strdup(id))) {
         abort();
     }
@@ -237,6 +238,26 @@ struct job *job_create(const struct job_driver *drv, const char *id,
     jobs = job;
     job_transition(job, JOB_STATUS_CREATED);
     return job;
+}
+
+void *job_priv(struct job *job)
+{
+    return (char *)job + JOB_PRIV_OFFSET;
+}
+
+const char *job_get_id(const struct job *job)
+{
+    return job->id;
+}
+
+enum job_status job_get_status(const struct job *job)
+{
+    return job->status;
+}
+
+const struct job_driver *job_get_driver(const struct job *job)
+{
+    return job->drv;
 }
 
 static void job_close_cb(uv_handle_t *h)

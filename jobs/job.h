@@ -1,19 +1,32 @@
-/* Generic jobs: QEMU's job model (qapi/job.json) on one libuv loop.
+/* Generic jobs: QEMU's job model (qapi/job.json) on one libuv loop, and
+ * the contract a job type follows.
  *
  * A job is a state machine driven by callbacks, not a thread. The core owns
  * the status, the verb checks, pausing, cancelling, sleeping (rate limits),
- * the in-flight count and the ending sequence; a driver only issues work from
- * its `run` hook and reports when it is done.
+ * the in-flight count, the ending sequence, and the bookkeeping that keeps
+ * replies and events in qemu-storage-daemon's order (sleeps cut short,
+ * resumes owed a chunk, verbs waiting for a woken job's next yield, commands
+ * waiting for an ending to settle: jobs/job_int.h). A job type never sees
+ * struct job: it has its own state (job_priv) and tells the core what its
+ * I/O is; the core decides the rest from that.
  *
- * The driver contract:
+ * The contract of a job type (one file in jobs/, listed in job_types.c):
+ *  - It registers its QMP command(s) (struct job_type_def, job_types.h) and
+ *    defines a struct job_driver; its command creates the job with
+ *    job_create() (block jobs then set their nodes, speed and per-side
+ *    error policy through blockjob.h) and starts it with job_start(). The
+ *    reply goes out through job_cmd.h's helpers, never through job_qmp.c.
  *  - run(job) is called when the job may issue work: after start, after every
  *    job_io_end(), when a sleep ends and after a resume. It issues as much as
- *    it wants (bracketing each asynchronous request with job_io_begin() and
- *    job_io_end()), then returns. It must check job_may_issue() before
- *    issuing anything new. When no work is left and nothing is in flight it
- *    calls job_completed(job, ret) exactly once. Once the job is cancelled
- *    and nothing is in flight any more, run is called one last time and
- *    must call job_completed() (job_is_cancelled() tells it why).
+ *    it wants, then returns; it checks job_may_issue() before anything new.
+ *    Each request is bracketed by job_io_begin(job, kind) and job_io_end();
+ *    a paced one asks job_pace() first. The kind is all the core needs:
+ *    data is where QEMU's coroutine yields and uses up a sleep cut short, a
+ *    query is neither. (A job that copies lets the copy engine do all of
+ *    this: blockjob_copy_hooks.) When no work is left and nothing is in
+ *    flight it calls job_completed(job, ret) exactly once. Once the job is
+ *    cancelled and nothing is in flight any more, run is called one last
+ *    time and must call job_completed() (job_is_cancelled() tells it why).
  *  - The core never calls run while a pause or cancel is pending; it waits
  *    for in-flight requests to drain, then parks the job (paused/standby) or
  *    ends it (cancel). In-flight requests are never abandoned.
@@ -75,7 +88,9 @@ struct job;
 typedef void job_done_fn(struct job *job, int ret);
 
 struct job_driver {
-    size_t instance_size; /* the driver's struct embeds struct job first */
+    /* The job type's own state: allocated (zeroed) with the job, see
+     * job_priv(); freed with it. */
+    size_t instance_size;
     enum job_type type;
     bool is_block_job; /* listed by query-block-jobs, block-job-* verbs */
     void (*run)(struct job *job);
@@ -98,60 +113,13 @@ struct job_driver {
     void (*free)(struct job *job);
 };
 
-struct job {
-    const struct job_driver *drv;
-    char *id;
-    enum job_status status;
-    int refcnt;
-    int pause_count;  /* pause requests (user, error stop, internal) */
-    bool user_paused; /* pause the user may resume */
-    bool paused;      /* parked in paused/standby */
-    bool busy;        /* working: not sleeping, not paused */
-    bool started;
-    bool cancelled;
-    bool force_cancel;
-    bool deferred;   /* run is over; in the ending sequence */
-    bool finalizing; /* prepare started */
-    bool auto_finalize;
-    bool auto_dismiss;
-    bool in_run;       /* inside drv->run (no re-entry) */
-    bool kick_pending; /* job_enter asked while in run */
-    int ret;
-    char *error; /* error text once failed/cancelled */
-    uint64_t progress_current;
-    uint64_t progress_total;
-    unsigned in_flight;
-    uv_loop_t *loop;
-    uv_timer_t sleep_timer;
-    bool sleeping;
-    /* The last sleep was cut short (pause, resume, speed raised): QEMU's
-     * job then does its next chunk at once, whatever the rate limit says.
-     * Set by the core, cleared by the driver when it issues that chunk. */
-    bool sleep_cut;
-    unsigned cuts_owed; /* resumes whose chunk has not been issued yet */
-    bool settling;      /* ending under way: its events are to come */
-    /* Set by the layer above the core (block jobs) on the instance:
-     * detach(job, done) runs after clean and before the job's final events
-     * and calls done(job, 0) when finished, maybe later (the job is
-     * settling meanwhile); release(job) runs when the job is freed. */
-    void (*detach)(struct job *job, job_done_fn *done);
-    void (*release)(struct job *job);
-    struct job_waiter *waiters;
-    /* Woken (resumed, or a sleep cut short) and not yet at the point where
-     * QEMU's job coroutine would yield again: commands that woke it wait
-     * (job_when_yielded), as qsd runs the coroutine inside the command. */
-    bool wake_pending;
-    unsigned wake_seq; /* counts the wakes (a verb tells if it woke it) */
-    struct job_waiter *yield_waiters;
-    struct job *next;
-};
+/* A job is opaque to job types (the core's struct is in job_int.h). */
 
-/* Someone waiting for a job to settle (job_when_settled). */
-struct job_waiter {
-    void (*cb)(void *opaque);
-    void *opaque;
-    struct job_waiter *next;
-};
+/* The job type's state (drv->instance_size bytes, zeroed at create). */
+void *job_priv(struct job *job);
+const char *job_get_id(const struct job *job);
+enum job_status job_get_status(const struct job *job);
+const struct job_driver *job_get_driver(const struct job *job);
 
 /* Names as QEMU spells them. */
 const char *job_status_name(enum job_status st);
@@ -196,34 +164,6 @@ void job_complete(struct job *job, struct qmp_error *err);
 void job_finalize(struct job *job, struct qmp_error *err);
 void job_dismiss(struct job *job, struct qmp_error *err);
 
-/* Internal pause/resume (error stop, drains): counted. */
-void job_pause(struct job *job);
-void job_resume(struct job *job);
-
-/* A drained section over a node of the job (QEMU's child_job callbacks).
- * job_drain_begin pauses the job and returns whether its ending had begun
- * already; hand that back to job_drain_busy, which says whether the section
- * must still wait: the job has not parked yet (a request in flight), or -
- * strict - it ended after the section began and its ending is still under
- * way. job_drain_end lifts the pause. */
-bool job_drain_begin(struct job *job);
-bool job_drain_busy(const struct job *job, bool done, bool strict);
-void job_drain_end(struct job *job);
-/* fn() is called whenever a job may have become quiet for a waiting
- * section or command: it parked, its ending began or was done, or its last
- * request in flight completed. Up to 4 listeners. */
-void job_add_quiesce_hook(void (*fn)(void));
-
-/* While held (counted), no job issues new requests (job_may_issue says
- * false); requests in flight complete, jobs park and resume as usual. The
- * last job_unhold() re-enters every job. A QMP command that changes the
- * graph several times holds the jobs meanwhile: qemu-storage-daemon's
- * drains would wait for them between the changes. */
-void job_hold(void);
-void job_unhold(void);
-/* No job has a request in flight or its ending under way. */
-bool job_all_quiet(void);
-
 /* Driver side. */
 bool job_is_cancelled(const struct job *job);
 /* False while a pause or cancel is pending or the job sleeps: then the
@@ -250,9 +190,6 @@ void job_io_end(struct job *job);
 void job_sleep_ns(struct job *job, uint64_t ns);
 /* Wakes a sleeping job now (e.g. its speed changed). */
 void job_wake(struct job *job);
-/* Re-enters the job: runs it if it may run, parks it if a pause is
- * pending and nothing is in flight, ends it if cancelled and drained. */
-void job_enter(struct job *job);
 /* The run is over (nothing in flight): starts the ending sequence. */
 void job_completed(struct job *job, int ret);
 void job_progress_set_total(struct job *job, uint64_t total);
@@ -263,26 +200,6 @@ void job_progress_set_current(struct job *job, uint64_t current);
  * there is no job). Jobs waiting for finalize are cancelled too. The events
  * of these transitions are emitted as usual. */
 void job_shutdown(void (*cb)(void *opaque), void *opaque);
-/* True while the job's asynchronous ending is under way - its prepare (the
- * status still says pending) or its detach (after clean; the status says
- * pending or aborting) - and its final events (BLOCK_JOB_COMPLETED or
- * _CANCELLED, concluded, maybe null) are about to come. qemu-storage-daemon
- * does this work before it answers the command that started it, so QMP
- * commands that trigger it or look at the job meanwhile wait for it
- * (job_when_settled). */
-bool job_is_settling(const struct job *job);
-/* Calls cb(opaque) once, right after the settling job's ending sequence
- * (the job may be dismissed and freed by then: cb must look it up again).
- * Only valid while job_is_settling(job). */
-void job_when_settled(struct job *job, void (*cb)(void *opaque), void *opaque);
-/* Calls cb(opaque) once, when the woken job (wake_pending) reached its
- * next yield point (job_yield_point) or its ending began (the job may be
- * settling then; the caller holds a reference). Only valid while
- * job->wake_pending. */
-void job_when_yielded(struct job *job, void (*cb)(void *opaque), void *opaque);
-/* The driver (or the core: sleeping, parking, ending) reached a point where
- * QEMU's coroutine would yield: issued data I/O, or is about to sleep. */
-void job_yield_point(struct job *job);
 /* True while any job exists (not yet dismissed). */
 bool job_any(void);
 

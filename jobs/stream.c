@@ -15,12 +15,13 @@
 #include <string.h>
 
 #include "backends/bdev_backing.h"
-#include "jobs/job_qmp.h"
+#include "jobs/job_cmd.h"
+#include "jobs/job_types.h"
 #include "jobs/scan.h"
 #include "protocol/qmp.h"
 
 struct stream_job {
-    struct blockjob common; /* first */
+    struct job *job;
     struct bdev *top;
     struct bdev *filter; /* copy-on-read above top; NULL once removed */
     struct bdev *base;   /* new backing; NULL: none */
@@ -36,7 +37,7 @@ struct stream_job {
 
 static struct stream_job *to_stream(struct job *job)
 {
-    return (struct stream_job *)job;
+    return job_priv(job);
 }
 
 static void stream_run(struct job *job)
@@ -62,7 +63,7 @@ static void prepare_done(void *opaque, int ret)
     job_done_fn *cb = s->prepare_cb;
 
     s->prepare_cb = NULL;
-    cb(&s->common.job, ret);
+    cb(s->job, ret);
 }
 
 /* Success: the top's backing skips the streamed part (header first, then
@@ -219,16 +220,16 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
         goto fail_filter;
     }
     s = to_stream(job);
-    blockjob_set_on_error(&s->common, p->on_error, p->on_error, true);
-    ratelimit_init(&s->common.rl);
-    if (blockjob_set_speed(&s->common, p->speed, err) < 0) {
+    s->job = job;
+    blockjob_set_on_error(job, p->on_error, p->on_error, true);
+    if (blockjob_set_speed(job, p->speed, err) < 0) {
         job_early_fail(job);
         goto fail_filter;
     }
     /* The job's I/O node: blocked for other jobs, not deletable. */
     s->filter = filter;
     bdev_claim(filter, "stream", NULL);
-    blockjob_add_node(&s->common, filter); /* drains pause the job */
+    blockjob_add_node(job, filter); /* drains pause the job */
     bdev_set_job_io_node(filter, true);
     s->reopened_rw = reopened;
     s->top = p->top;
@@ -248,7 +249,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     for (n = p->top; n && bdev_skip_filters(n) != p->base;
          n = bdev_chain_next(n)) {
         bdev_claim(n, "stream", NULL);
-        blockjob_add_node(&s->common, n);
+        blockjob_add_node(job, n);
         bdev_ref(n);
         s->claimed[s->n_claimed++] = n;
     }
@@ -263,7 +264,7 @@ struct job *stream_start(const struct stream_params *p, struct qmp_error *err)
     cp.source = filter;
     cp.target = p->top;
     cp.hooks = &blockjob_copy_hooks;
-    cp.opaque = &s->common;
+    cp.opaque = job;
     if (s->bottom) {
         int64_t len = bdev_length(p->top);
 
@@ -459,7 +460,7 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
     /* A stream with nothing to copy ends at once, and jobs paused by the
      * graph changes may still be parking; qemu-storage-daemon has sent all
      * those events (down to null) before this reply. */
-    return job_qmp_reply_after(sess, job ? p.job_id : NULL,
+    return job_cmd_reply_after(sess, job ? p.job_id : NULL,
                                job ? json_object() : NULL, err);
 }
 
@@ -467,11 +468,16 @@ static json_t *block_stream(json_t *args, struct qmp_session *sess,
 static json_t *qmp_block_stream(json_t *args, struct qmp_session *sess,
                                 struct qmp_error *err)
 {
-    return job_qmp_run_quiet(block_stream, args, sess, err);
+    return job_cmd_run_quiet(block_stream, args, sess, err);
 }
 
-void stream_qmp_init(void)
+static void stream_qmp_init(void)
 {
     qmp_schema_add(stream_schema);
     qmp_command_register("block-stream", qmp_block_stream);
 }
+
+const struct job_type_def stream_job_type = {
+    .name = "stream",
+    .qmp_init = stream_qmp_init,
+};

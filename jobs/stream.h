@@ -8,6 +8,7 @@
 
 #include "backends/bdev.h"
 #include "jobs/blockjob.h"
+#include "jobs/job_types.h"
 
 /* Copy granularity: progress moves in steps of at most this many bytes
  * (QEMU's STREAM_CHUNK, so offsets after an error match qsd's), or the
@@ -43,5 +44,8 @@ struct stream_params {
  * `base` must be below `top` in its chain (or NULL). Returns the job, or
  * NULL with err set (QEMU's texts) and nothing changed. */
 struct job *stream_start(const struct stream_params *p, struct qmp_error *err);
+
+/* The job type (job_types.c): registers block-stream. */
+extern const struct job_type_def stream_job_type;
 
 #endif

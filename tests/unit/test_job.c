@@ -14,6 +14,7 @@
 
 #include "jobs/blockjob.h"
 #include "jobs/job.h"
+#include "jobs/job_int.h"
 #include "jobs/ratelimit.h"
 #include "protocol/qmp.h"
 
@@ -47,7 +48,7 @@ static int64_t fixed_clock(void)
 
 /* A test job: `work` units, each "issued" by run and finished by the test. */
 struct tjob {
-    struct blockjob common;
+    struct job *job;
     int work;   /* units still to issue */
     int issued; /* in flight, finished by the test with finish_one() */
     int runs;
@@ -59,7 +60,7 @@ static bool freed_flag;
 
 static void t_run(struct job *job)
 {
-    struct tjob *t = (struct tjob *)job;
+    struct tjob *t = job_priv(job);
 
     t->runs++;
     if (job_is_cancelled(job)) {
@@ -78,23 +79,23 @@ static void t_run(struct job *job)
 
 static void t_prepare(struct job *job, job_done_fn *done)
 {
-    ((struct tjob *)job)->prepared = true;
+    ((struct tjob *)job_priv(job))->prepared = true;
     done(job, 0);
 }
 
 static void t_commit(struct job *job)
 {
-    ((struct tjob *)job)->committed = true;
+    ((struct tjob *)job_priv(job))->committed = true;
 }
 
 static void t_abort(struct job *job)
 {
-    ((struct tjob *)job)->aborted = true;
+    ((struct tjob *)job_priv(job))->aborted = true;
 }
 
 static void t_clean(struct job *job)
 {
-    ((struct tjob *)job)->cleaned = true;
+    ((struct tjob *)job_priv(job))->cleaned = true;
 }
 
 static void t_free(struct job *job)
@@ -143,9 +144,12 @@ static int teardown(void **state)
 static struct tjob *new_job(const char *id, int work, bool af, bool ad)
 {
     struct qmp_error err = QMP_ERROR_INIT;
-    struct tjob *t = (struct tjob *)job_create(&tdrv, id, &loop, af, ad, &err);
+    struct job *j = job_create(&tdrv, id, &loop, af, ad, &err);
+    struct tjob *t;
 
-    assert_non_null(t);
+    assert_non_null(j);
+    t = job_priv(j);
+    t->job = j;
     t->work = work;
     return t;
 }
@@ -153,7 +157,7 @@ static struct tjob *new_job(const char *id, int work, bool af, bool ad)
 static void finish_one(struct tjob *t)
 {
     t->issued--;
-    job_io_end(&t->common.job);
+    job_io_end(t->job);
 }
 
 static void test_tables(void **state)
@@ -202,7 +206,7 @@ static void test_ids(void **state)
     assert_null(job_create(&tdrv, "s0", &loop, true, true, &err));
     assert_string_equal(err.desc, "Job ID 's0' already in use");
     qmp_error_clear(&err);
-    job_early_fail(&t->common.job);
+    job_early_fail(t->job);
     assert_string_equal(events, "created null ");
     assert_true(freed_flag);
 }
@@ -213,9 +217,9 @@ static void test_success_auto(void **state)
 
     (void)state;
     t = new_job("s0", 3, true, true);
-    job_start(&t->common.job);
+    job_start(t->job);
     assert_int_equal(t->issued, 2);
-    assert_true(t->common.job.busy);
+    assert_true(t->job->busy);
     finish_one(t);
     finish_one(t);
     finish_one(t);
@@ -233,7 +237,7 @@ static void test_manual_finalize_dismiss(void **state)
 
     (void)state;
     t = new_job("s0", 1, false, false);
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     finish_one(t);
     assert_string_equal(events, "created running waiting pending "
@@ -269,7 +273,7 @@ static void test_pause_drains_first(void **state)
 
     (void)state;
     t = new_job("s0", 10, true, true);
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     assert_int_equal(t->issued, 2);
     job_user_pause(j, &err);
@@ -310,7 +314,7 @@ static void test_cancel_user_paused(void **state)
 
     (void)state;
     t = new_job("s0", 3, true, false); /* 2 issued, 1 left */
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     job_user_pause(j, &err);
     finish_one(t);
@@ -333,7 +337,7 @@ static void test_cancel_pending(void **state)
 
     (void)state;
     t = new_job("s0", 1, false, true);
-    j = &t->common.job;
+    j = t->job;
     job_progress_set_total(j, 100);
     job_start(j);
     job_progress_set_current(j, 100);
@@ -353,7 +357,7 @@ static void test_failure_skips_pending(void **state)
     (void)state;
     t = new_job("s0", 1, false, true);
     t->ret = -EIO;
-    job_start(&t->common.job);
+    job_start(t->job);
     finish_one(t);
     assert_string_equal(events, "created running aborting "
                                 "BLOCK_JOB_COMPLETED concluded null ");
@@ -368,14 +372,14 @@ static void test_error_stop_and_resume(void **state)
 
     (void)state;
     t = new_job("s0", 2, true, true);
-    j = &t->common.job;
-    t->common.on_error = BLOCKJOB_ON_ERROR_ENOSPC;
+    j = t->job;
+    job_bj(t->job)->on_error = BLOCKJOB_ON_ERROR_ENOSPC;
     job_start(j);
     /* One request fails with ENOSPC while the other is in flight. */
-    assert_int_equal(blockjob_error_action(&t->common, -ENOSPC, true),
+    assert_int_equal(blockjob_error_action(t->job, -ENOSPC, true),
                      BLOCKJOB_ACTION_STOP);
     assert_true(j->user_paused);
-    assert_int_equal(t->common.iostatus, BLOCKJOB_IO_NOSPACE);
+    assert_int_equal(job_bj(t->job)->iostatus, BLOCKJOB_IO_NOSPACE);
     t->work = 1; /* the failed request, held for the retry */
     finish_one(t);
     assert_int_equal(j->status, JOB_STATUS_RUNNING);
@@ -385,7 +389,7 @@ static void test_error_stop_and_resume(void **state)
     assert_string_equal(err.desc, "Job is already paused");
     qmp_error_clear(&err);
     job_user_resume(j, &err);
-    assert_int_equal(t->common.iostatus, BLOCKJOB_IO_OK);
+    assert_int_equal(job_bj(t->job)->iostatus, BLOCKJOB_IO_OK);
     finish_one(t);
     assert_string_equal(events, "created running BLOCK_JOB_ERROR paused "
                                 "running waiting pending BLOCK_JOB_COMPLETED "
@@ -400,7 +404,7 @@ static void test_verbs_and_speed(void **state)
 
     (void)state;
     t = new_job("s0", 1, true, true);
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     job_complete(j, &err);
     assert_string_equal(err.desc, "Job 's0' in state 'running' cannot accept "
@@ -410,14 +414,14 @@ static void test_verbs_and_speed(void **state)
     assert_string_equal(err.desc, "Job 's0' in state 'running' cannot accept "
                                   "command verb 'finalize'");
     qmp_error_clear(&err);
-    assert_int_equal(blockjob_set_speed(&t->common, -1, &err), -EINVAL);
+    assert_int_equal(blockjob_set_speed(t->job, -1, &err), -EINVAL);
     assert_string_equal(err.desc,
                         "Parameter 'speed' expects a non-negative value");
     qmp_error_clear(&err);
-    assert_int_equal(blockjob_set_speed(&t->common, 1048576, &err), 0);
-    assert_int_equal(t->common.speed, 1048576);
+    assert_int_equal(blockjob_set_speed(t->job, 1048576, &err), 0);
+    assert_int_equal(job_bj(t->job)->speed, 1048576);
     finish_one(t);
-    assert_int_equal(blockjob_set_speed(&t->common, 5, &err), -EPERM);
+    assert_int_equal(blockjob_set_speed(t->job, 5, &err), -EPERM);
     qmp_error_clear(&err);
 }
 
@@ -429,13 +433,13 @@ static void test_sleep_pause_immediate(void **state)
 
     (void)state;
     t = new_job("s0", 0, true, true);
-    j = &t->common.job;
+    j = t->job;
     t->work = 1;
     job_start(j);
     finish_one(t);
     /* (completed already: use a fresh job that sleeps) */
     t = new_job("s1", 0, true, true);
-    j = &t->common.job;
+    j = t->job;
     t->work = 0;
     j->started = true; /* started by hand to park it in a sleep */
     j->busy = true;
@@ -472,7 +476,7 @@ static void test_drain_pause_and_wait(void **state)
     (void)state;
     job_add_quiesce_hook(count_quiesced);
     t = new_job("s0", 10, true, true);
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     assert_int_equal(t->issued, 2);
     tok = job_drain_begin(j);
@@ -535,7 +539,7 @@ static void test_detach_before_final_events(void **state)
 
     (void)state;
     t = new_job("s0", 3, true, true);
-    j = &t->common.job;
+    j = t->job;
     j->detach = t_detach;
     detach_done = NULL;
     job_start(j);
@@ -562,7 +566,7 @@ static void test_done_job_ends_instead_of_parking(void **state)
 
     (void)state;
     t = new_job("s0", 2, true, true);
-    j = &t->common.job;
+    j = t->job;
     job_start(j);
     job_user_pause(j, &err);
     finish_one(t);
@@ -582,8 +586,8 @@ static void test_hold_and_owed_cuts(void **state)
     (void)state;
     a = new_job("a", 10, true, true);
     b = new_job("b", 10, true, true);
-    ja = &a->common.job;
-    jb = &b->common.job;
+    ja = a->job;
+    jb = b->job;
     assert_ptr_equal(job_first(), jb);
     assert_ptr_equal(job_next(jb), ja);
     job_hold();
@@ -638,7 +642,7 @@ static void test_wake_waits_for_yield_point(void **state)
     (void)state;
     yielded_calls = 0;
     t = new_job("s1", 0, true, true);
-    j = &t->common.job;
+    j = t->job;
     j->started = true; /* started by hand to park it in a sleep */
     j->busy = true;
     j->status = JOB_STATUS_RUNNING;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jobs/job_int.h"
 #include "jobs/stream.h"
 #include "protocol/qmp.h"
 #include "tests/fakes/fake_bdev.h"
@@ -242,10 +243,10 @@ static void test_eio_stop(void **state)
     /* QEMU's chunks start where the run to copy starts (64 KiB, after the
      * top's own cluster): [64K, 576K) is done, [576K, 1M) failed. */
     assert_int_equal(job->progress_current, 576 * KiB);
-    assert_int_equal(((struct blockjob *)job)->iostatus, BLOCKJOB_IO_FAILED);
+    assert_int_equal(job_bj(job)->iostatus, BLOCKJOB_IO_FAILED);
     assert_true(job->user_paused);
     job_user_resume(job, &err);
-    assert_int_equal(((struct blockjob *)job)->iostatus, BLOCKJOB_IO_OK);
+    assert_int_equal(job_bj(job)->iostatus, BLOCKJOB_IO_OK);
     pump();
     assert_string_equal(events, "created running ERROR(\"action\": \"stop\") "
                                 "paused running waiting pending "
@@ -265,7 +266,7 @@ static void test_enospc(void **state)
     job = start("s0", NULL, BLOCKJOB_ON_ERROR_ENOSPC, 0);
     pump();
     assert_int_equal(job->status, JOB_STATUS_PAUSED);
-    assert_int_equal(((struct blockjob *)job)->iostatus, BLOCKJOB_IO_NOSPACE);
+    assert_int_equal(job_bj(job)->iostatus, BLOCKJOB_IO_NOSPACE);
     job_user_resume(job, &err);
     pump();
     assert_int_equal(job->status, JOB_STATUS_CONCLUDED);
