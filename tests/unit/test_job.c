@@ -396,6 +396,39 @@ static void test_error_stop_and_resume(void **state)
                                 "concluded null ");
 }
 
+/* Per-side policies through the copy engine's hooks: a source (read)
+ * error follows the source's policy, a target (write) error the target's;
+ * pacing lets a data request through after a sleep cut short. */
+static void test_per_side_policy(void **state)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    const struct copy_hooks *h = &blockjob_copy_hooks;
+    struct tjob *t;
+    struct job *j;
+
+    (void)state;
+    t = new_job("s0", 0, true, true);
+    j = t->job;
+    blockjob_set_on_error(j, BLOCKJOB_ON_ERROR_IGNORE, BLOCKJOB_ON_ERROR_STOP,
+                          false);
+    assert_int_equal(h->error(j, -EIO, COPY_SIDE_SOURCE), COPY_ACTION_IGNORE);
+    assert_false(j->user_paused);
+    assert_int_equal(h->error(j, -ENOSPC, COPY_SIDE_TARGET), COPY_ACTION_STOP);
+    assert_true(j->user_paused);
+    assert_int_equal(job_bj(j)->iostatus, BLOCKJOB_IO_NOSPACE);
+    /* The source's policy is unchanged by the target's decision. */
+    assert_int_equal(h->error(j, -EIO, COPY_SIDE_SOURCE), COPY_ACTION_IGNORE);
+    job_user_resume(j, &err);
+    assert_false(qmp_error_is_set(&err));
+    assert_int_equal(job_bj(j)->iostatus, BLOCKJOB_IO_OK);
+    /* No speed: pacing always lets requests go. */
+    assert_true(h->pace(j, COPY_IO_QUERY));
+    assert_true(h->pace(j, COPY_IO_DATA));
+    job_early_fail(j);
+    assert_string_equal(events, "created BLOCK_JOB_ERROR BLOCK_JOB_ERROR "
+                                "BLOCK_JOB_ERROR null ");
+}
+
 static void test_verbs_and_speed(void **state)
 {
     struct qmp_error err = QMP_ERROR_INIT;
@@ -758,6 +791,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_error_stop_and_resume, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_per_side_policy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verbs_and_speed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sleep_pause_immediate, setup,
                                         teardown),
