@@ -18,6 +18,7 @@
 #include "backends/bdev.h"
 #include "backends/bdev_int.h"
 #include "jobs/job.h"
+#include "jobs/job_int.h"
 #include "jobs/job_qmp.h"
 #include "protocol/json.h"
 #include "protocol/qmp.h"
