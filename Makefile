@@ -189,7 +189,7 @@ clean:
 # stay untouched. tests/integration/test_fuzz_smoke.sh runs a short version.
 FUZZ_CC      ?= clang
 FUZZ_TIME    ?= 600
-FUZZ_TARGETS := qmp qcow2
+FUZZ_TARGETS := qmp qcow2 qcow2_bitmap
 FUZZ_DIR     := $(BUILD)/fuzz
 FUZZ_CFLAGS  := -std=gnu11 -D_GNU_SOURCE -O1 -g -I. -fno-omit-frame-pointer \
                 -fsanitize=fuzzer-no-link,address,undefined \

@@ -25,6 +25,6 @@ if ! clang -fsanitize=fuzzer,address,undefined -o "$probe/p" "$probe/p.c" \
     exit 77
 fi
 make --no-print-directory BUILD="$build" fuzz-build || exit 1
-for t in qmp qcow2; do
+for t in qmp qcow2 qcow2_bitmap; do
     tests/fuzz/run.sh "$build/fuzz" "$t" "$secs" || exit 1
 done
