@@ -217,6 +217,9 @@ static void work_cb(uv_work_t *w)
     case AIO_OP_WRITE_ZEROES:
         r->ret = do_write_zeroes(r);
         break;
+    case AIO_OP_TRUNCATE:
+        r->ret = ftruncate(r->fd, (off_t)r->off) < 0 ? -errno : 0;
+        break;
     }
 }
 

@@ -17,11 +17,12 @@
 #include <uv.h>
 
 enum aio_op {
-    AIO_OP_READ,        /* whole length, or up to end of file */
-    AIO_OP_WRITE,       /* whole length */
-    AIO_OP_FSYNC,       /* fdatasync */
-    AIO_OP_FALLOCATE,   /* allocate [off, off + len), growing the file */
-    AIO_OP_WRITE_ZEROES /* zero [off, off + len) */
+    AIO_OP_READ,         /* whole length, or up to end of file */
+    AIO_OP_WRITE,        /* whole length */
+    AIO_OP_FSYNC,        /* fdatasync */
+    AIO_OP_FALLOCATE,    /* allocate [off, off + len), growing the file */
+    AIO_OP_WRITE_ZEROES, /* zero [off, off + len) */
+    AIO_OP_TRUNCATE      /* the file's length becomes off */
 };
 
 /* ret: bytes transferred (reads may be short at end of file), 0 for the

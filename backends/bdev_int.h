@@ -105,6 +105,10 @@ struct bdev_driver {
      * backing image; an implicit (#blockN) filter takes its child's file
      * name. */
     bool is_filter;
+    /* Additive: changes the node's length (bdev_truncate); prealloc is an
+     * enum bdev_prealloc (backends/image_create.h). NULL: -ENOTSUP. */
+    int (*truncate)(struct bdev *bs, uint64_t size, int prealloc, bdev_cb *cb,
+                    void *opaque);
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the

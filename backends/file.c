@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "backends/aio.h"
+#include "backends/image_create.h"
 
 #define GROW_STEP   (32ull << 20)
 #define GROW_ROUND  (1ull << 20)
@@ -675,6 +676,82 @@ static int file_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
     return 0;
 }
 
+/* ---- length changes (bdev_truncate) ------------------------------------ */
+
+struct file_trunc {
+    struct bdev *bs;
+    uint64_t size, from;
+    int prealloc;
+    bool extended;
+    bdev_cb *cb;
+    void *opaque;
+};
+
+static void trunc_done(void *opaque, ssize_t ret)
+{
+    struct file_trunc *t = opaque;
+    struct file_state *st = t->bs->state;
+
+    if (ret >= 0 && !t->extended && t->size > t->from &&
+        (t->prealloc == BDEV_PREALLOC_FALLOC ||
+         t->prealloc == BDEV_PREALLOC_FULL)) {
+        /* The new bytes: allocated, or zeroes written (zero-range, else
+         * written out) for full. */
+        t->extended = true;
+        ret = aio_submit(st->fd_buf, false,
+                         t->prealloc == BDEV_PREALLOC_FULL ? AIO_OP_WRITE_ZEROES
+                                                           : AIO_OP_FALLOCATE,
+                         NULL, t->size - t->from, t->from, trunc_done, t);
+        if (ret == 0) {
+            return;
+        }
+    }
+    if (ret >= 0) {
+        st->size = t->size;
+        st->alloc_end = t->size;
+    }
+    t->cb(t->opaque, ret < 0 ? (int)ret : 0);
+    bdev_unref(t->bs);
+    free(t);
+}
+
+static int file_truncate(struct bdev *bs, uint64_t size, int prealloc,
+                         bdev_cb *cb, void *opaque)
+{
+    struct file_state *st = bs->state;
+    struct file_trunc *t;
+    int ret;
+
+    if (st->is_blk || (int64_t)size < 0) {
+        return st->is_blk ? -ENOTSUP : -EINVAL;
+    }
+    if (prealloc == BDEV_PREALLOC_METADATA ||
+        (prealloc != BDEV_PREALLOC_OFF && size < st->size)) {
+        return -ENOTSUP;
+    }
+    if (st->growing) {
+        return -EBUSY;
+    }
+    t = calloc(1, sizeof(*t));
+    if (!t) {
+        return -ENOMEM;
+    }
+    t->bs = bs;
+    t->size = size;
+    t->from = st->size;
+    t->prealloc = prealloc;
+    t->cb = cb;
+    t->opaque = opaque;
+    ret = aio_submit(st->fd_buf, false, AIO_OP_TRUNCATE, NULL, 0, size,
+                     trunc_done, t);
+    if (ret < 0) {
+        free(t);
+        return ret;
+    }
+    bdev_ref(bs);
+    return 0;
+}
+
 const struct bdev_driver bdev_drv_file = {
     .name = "file",
     .state_size = sizeof(struct file_state),
@@ -690,4 +767,5 @@ const struct bdev_driver bdev_drv_file = {
     .apply_perm = file_apply_perm,
     .can_grow = true,
     .allocated_size = file_allocated_size,
+    .truncate = file_truncate,
 };

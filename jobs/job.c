@@ -734,6 +734,14 @@ static void job_do_finalize(struct job *job)
     }
 }
 
+void job_completed_msg(struct job *job, int ret, const char *msg)
+{
+    if (ret < 0 && msg && !job->error && !(job->error = strdup(msg))) {
+        abort();
+    }
+    job_completed(job, ret);
+}
+
 void job_completed(struct job *job, int ret)
 {
     assert(!job->deferred && job->in_flight == 0);

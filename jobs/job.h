@@ -192,6 +192,9 @@ void job_sleep_ns(struct job *job, uint64_t ns);
 void job_wake(struct job *job);
 /* The run is over (nothing in flight): starts the ending sequence. */
 void job_completed(struct job *job, int ret);
+/* The same, failing with the type's own text (msg; NULL or ret >= 0: as
+ * job_completed), QEMU's error_setg in a job's run: query-jobs' `error`. */
+void job_completed_msg(struct job *job, int ret, const char *msg);
 void job_progress_set_total(struct job *job, uint64_t total);
 void job_progress_set_current(struct job *job, uint64_t current);
 
