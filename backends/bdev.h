@@ -49,6 +49,12 @@ void bdev_call_later(void (*fn)(void *arg), void *arg);
 /* Registers blockdev-add, blockdev-del and query-named-block-nodes (schema
  * and handlers) with protocol/. */
 void bdev_qmp_init(void);
+/* blockdev-snapshot (backends/blockdev_snapshot.c), registered by
+ * bdev_qmp_init. bdev_snapshot makes `overlay` (no backing yet, a format
+ * with backing support) the new top over `bs`: its backing is bs, bs's
+ * parents use it, bs goes read-only. Fails with qsd's texts. */
+void bdev_snapshot_qmp_init(void);
+int bdev_snapshot(struct bdev *bs, struct bdev *overlay, struct qmp_error *err);
 
 /* Graph. bdev_find() looks up a node by node-name (also implicit #blockN). */
 struct bdev *bdev_find(const char *node_name);

@@ -566,4 +566,5 @@ void bdev_qmp_init(void)
     qmp_command_register("blockdev-del", qmp_blockdev_del);
     qmp_command_register("query-named-block-nodes",
                          qmp_query_named_block_nodes);
+    bdev_snapshot_qmp_init();
 }
