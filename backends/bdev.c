@@ -91,7 +91,7 @@ uv_loop_t *bdev_loop(void)
 struct bdev *bdev_find(const char *node_name)
 {
     for (struct bdev *bs = g.nodes; bs; bs = bs->next) {
-        if (strcmp(bs->node_name, node_name) == 0) {
+        if (!bs->opening && strcmp(bs->node_name, node_name) == 0) {
             return bs;
         }
     }
@@ -267,6 +267,7 @@ void bdev_release(struct bdev *bs)
 
 void bdev_close_all(void)
 {
+    bdev_open_cancel_all();
     /* Roots first, so every node closes after everything above it. */
     while (g.nodes) {
         struct bdev *root = NULL;

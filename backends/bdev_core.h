@@ -44,6 +44,19 @@ void bdev_set_default_filename(struct bdev *bs);
 struct bdev *bdev_open_filter_node(json_t *opts, struct bdev *child,
                                    struct qmp_error *err);
 
+/* Shutdown: every open waiting for its driver fails (ECANCELED). */
+void bdev_open_cancel_all(void);
+
+/* The registry: built-in drivers, then registered ones; returns how many
+ * (at most max) were put in out. */
+#define BDEV_MAX_DRIVERS 16
+size_t bdev_driver_list(const struct bdev_driver **out, size_t max);
+
+/* ---- blockdev_qmp.c ---- */
+
+/* A driver was registered: blockdev-add's schema takes its branch. */
+void bdev_qmp_drivers_changed(void);
+
 /* ---- bdev_io.c ---- */
 
 /* Shutdown: forgets every bdev_drain() waiter. */

@@ -62,8 +62,18 @@ struct bdev_driver {
 
     /* Opens the node from validated options (bs->file already opened for
      * formats; backing is the driver's business through bdev_open_backing).
-     * Synchronous; may use the *_sync helpers below. */
+     * Completes at once; may use the *_sync helpers below. */
     int (*open)(struct bdev *bs, json_t *opts, struct qmp_error *err);
+    /* Additive, instead of open: an open that completes later (a network
+     * handshake), so that it never blocks the loop. Returns 0 once started,
+     * then the driver calls bdev_open_complete() exactly once, from a loop
+     * callback (never inside open_start); or returns -errno (err set or
+     * not) having started nothing. close() may come while it is pending
+     * (the daemon stops): it cancels it, and no completion follows. Such a
+     * node can be opened by blockdev-add, also as the `file` of a format
+     * blockdev-add opens, but not as a child a driver opens inside its own
+     * open (bdev_open_child refuses it). */
+    int (*open_start)(struct bdev *bs, json_t *opts, struct qmp_error *err);
     /* Flushes metadata and releases everything. Synchronous. */
     void (*close)(struct bdev *bs);
     int64_t (*length)(struct bdev *bs);
@@ -167,7 +177,14 @@ struct bdev {
     /* Additive: freezes of the link to bdev_chain_next() (bdev_chain_freeze,
      * bdev_link_freeze). */
     unsigned chain_frozen;
+    /* Additive (bdev_open.c's): set while the driver's open_start has not
+     * completed; such a node is not found by name nor shown. */
+    void *opening;
 };
+
+/* Ends an open_start: ret 0, or -errno with err's text (err may be NULL or
+ * unset: "Could not open node: <strerror>"); err is emptied. */
+void bdev_open_complete(struct bdev *bs, int ret, struct qmp_error *err);
 
 /* Opens a child from a BlockdevRef (string = existing node, object = new
  * implicit node) and takes a reference on it. The parent stores it in
@@ -181,8 +198,16 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
                                     const char *format, struct qmp_error *err);
 
 /* Opens a node from BlockdevOptions (blockdev-add). monitor: owned by the
- * monitor (needs node-name) rather than implicit. Returns a referenced node. */
+ * monitor (needs node-name) rather than implicit. Returns a referenced node.
+ * Refuses options naming a driver that completes its open later. */
 struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
+/* The same for any driver: done(opaque, bs, err) runs once, with the
+ * referenced node or NULL and the error (the callee may move it out) -
+ * inside this call when every driver involved completes at once, else
+ * later from the loop. */
+typedef void bdev_open_cb(void *opaque, struct bdev *bs, struct qmp_error *err);
+void bdev_open_node_async(json_t *opts, bool monitor, bdev_open_cb *done,
+                          void *opaque);
 /* "json:{...}" pseudo-filename of an options object, keys in the order
  * QEMU's QDict iterates them (by hash bucket), so names match qsd's.
  * malloc'd. */

@@ -29,13 +29,24 @@ static bool name_wellformed(const char *s)
     return true;
 }
 
+/* Any node of that name, also one still opening. */
+static bool name_taken(const char *name)
+{
+    for (struct bdev *bs = bdev_all_nodes(); bs; bs = bs->next) {
+        if (strcmp(bs->node_name, name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int bdev_check_node_name(const char *name, struct qmp_error *err)
 {
     if (!name_wellformed(name)) {
         qmp_error_setg(err, "Invalid node-name: '%s'", name);
         return -EINVAL;
     }
-    if (bdev_find(name)) {
+    if (name_taken(name)) {
         qmp_error_setg(err, "Duplicate nodes with node-name='%s'", name);
         return -EEXIST;
     }

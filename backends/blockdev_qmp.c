@@ -1,8 +1,9 @@
 /* blockdev-add, blockdev-del and query-named-block-nodes: schema (QEMU
  * 7.2's BlockdevOptions for the drivers we have) and handlers. */
-#include "backends/bdev_int.h"
+#include "backends/bdev_core.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,9 +12,6 @@
 
 static const char schema[] =
     "["
-    "{'enum': 'BlockdevDriver',"
-    " 'data': ['blkdebug', 'copy-on-read', 'file', 'null-co', 'qcow2',"
-    "          'raw']},"
     "{'enum': 'BlockdevDiscardOptions', 'data': ['ignore', 'unmap']},"
     "{'enum': 'BlockdevDetectZeroesOptions', 'data': ['off', 'on', 'unmap']},"
     "{'enum': 'BlockdevAioOptions', 'data': ['threads', 'native', "
@@ -118,19 +116,6 @@ static const char schema[] =
     "'int',"
     "          '*encrypt': 'BlockdevQcow2Encryption',"
     "          '*data-file': 'BlockdevRef'}},"
-    "{'union': 'BlockdevOptions',"
-    " 'base': {'driver': 'BlockdevDriver', '*node-name': 'str',"
-    "          '*discard': 'BlockdevDiscardOptions',"
-    "          '*cache': 'BlockdevCacheOptions', '*read-only': 'bool',"
-    "          '*auto-read-only': 'bool', '*force-share': 'bool',"
-    "          '*detect-zeroes': 'BlockdevDetectZeroesOptions'},"
-    " 'discriminator': 'driver',"
-    " 'data': {'blkdebug': 'BlockdevOptionsBlkdebug',"
-    "          'copy-on-read': 'BlockdevOptionsCor',"
-    "          'file': 'BlockdevOptionsFile',"
-    "          'null-co': 'BlockdevOptionsNull',"
-    "          'qcow2': 'BlockdevOptionsQcow2',"
-    "          'raw': 'BlockdevOptionsRaw'}},"
     "{'struct': 'ImageInfo',"
     " 'data': {'filename': 'str', 'format': 'str', '*dirty-flag': 'bool',"
     "          '*actual-size': 'int', 'virtual-size': 'int',"
@@ -170,6 +155,71 @@ static const char schema[] =
     "{'command': 'query-named-block-nodes', 'data': {'*flat': 'bool'},"
     " 'returns': ['BlockDeviceInfo']}"
     "]";
+
+/* BlockdevOptions' members every node has; its branches are the drivers'
+ * (bdev_driver.options_type), and BlockdevDriver lists them. */
+static const char options_base[] =
+    "{'driver': 'BlockdevDriver', '*node-name': 'str',"
+    " '*discard': 'BlockdevDiscardOptions',"
+    " '*cache': 'BlockdevCacheOptions', '*read-only': 'bool',"
+    " '*auto-read-only': 'bool', '*force-share': 'bool',"
+    " '*detect-zeroes': 'BlockdevDetectZeroesOptions'}";
+
+static bool qmp_inited;
+
+static int driver_cmp(const void *a, const void *b)
+{
+    const struct bdev_driver *const *x = a, *const *y = b;
+
+    return strcmp((*x)->name, (*y)->name);
+}
+
+/* BlockdevDriver and BlockdevOptions from the driver registry: every
+ * driver with an options type is a value and a branch, by name. */
+static void drivers_schema(void)
+{
+    const struct bdev_driver *drv[BDEV_MAX_DRIVERS];
+    size_t n = bdev_driver_list(drv, BDEV_MAX_DRIVERS), m = 0;
+    char *names = strdup(""), *branches = strdup(""), *text = NULL;
+
+    qsort(drv, n, sizeof(drv[0]), driver_cmp);
+    for (size_t i = 0; i < n && names && branches; i++) {
+        char *a = NULL, *b = NULL;
+
+        if (!drv[i]->options_type) {
+            continue;
+        }
+        if (asprintf(&a, "%s%s'%s'", names, m ? ", " : "", drv[i]->name) < 0 ||
+            asprintf(&b, "%s%s'%s': '%s'", branches, m ? ", " : "",
+                     drv[i]->name, drv[i]->options_type) < 0) {
+            abort();
+        }
+        free(names);
+        free(branches);
+        names = a;
+        branches = b;
+        m++;
+    }
+    if (!names || !branches ||
+        asprintf(&text,
+                 "[{'enum': 'BlockdevDriver', 'data': [%s]},"
+                 " {'union': 'BlockdevOptions', 'base': %s,"
+                 " 'discriminator': 'driver', 'data': {%s}}]",
+                 names, options_base, branches) < 0) {
+        abort();
+    }
+    qmp_schema_add(text);
+    free(text);
+    free(names);
+    free(branches);
+}
+
+void bdev_qmp_drivers_changed(void)
+{
+    if (qmp_inited) {
+        drivers_schema();
+    }
+}
 
 /* The node query-named-block-nodes shows under `bs` as its backing: the
  * real backing, or the filtered child of a filter (blkdebug,
@@ -332,7 +382,9 @@ static json_t *qmp_query_named_block_nodes(json_t *args, struct qmp_session *s,
     (void)s;
     (void)err;
     for (struct bdev *bs = bdev_all_nodes(); bs; bs = bs->next) {
-        json_array_append_new(list, device_info(bs, flat));
+        if (!bs->opening) {
+            json_array_append_new(list, device_info(bs, flat));
+        }
     }
     return list;
 }
@@ -424,38 +476,47 @@ static void add_step(void *opaque)
     bdev_drained_wait(op->sec, add_step, op);
 }
 
+/* The open is done (maybe later, a driver that waits on the network): the
+ * sections QEMU's probe makes run, then the reply goes out. */
+static void add_opened(void *opaque, struct bdev *bs, struct qmp_error *err)
+{
+    struct add_op *op = opaque;
+
+    op->ret = bs ? json_object() : NULL;
+    if (!bs && err) {
+        op->err = *err; /* moved */
+        *err = (struct qmp_error)QMP_ERROR_INIT;
+    }
+    add_step(op);
+}
+
 static json_t *qmp_blockdev_add(json_t *args, struct qmp_session *s,
                                 struct qmp_error *err)
 {
     struct add_op *op;
-    struct bdev *bs;
     json_t *ret;
 
-    if (!json_object_get(args, "node-name")) {
-        /* Refused before QEMU opens anything. */
-        bdev_open_node(args, true, err);
-        return NULL;
-    }
     op = calloc(1, sizeof(*op));
     if (!op) {
         abort();
     }
-    probe_targets(args, &op->t, &op->n);
-    bs = bdev_open_node(args, true, err);
-    ret = bs ? json_object() : NULL;
-    add_step(op);
+    if (json_object_get(args, "node-name")) {
+        probe_targets(args, &op->t, &op->n);
+    } else {
+        /* Refused before QEMU opens anything: no sections either. */
+        op->n = 0;
+    }
+    bdev_open_node_async(args, true, add_opened, op);
     if (!op->done && !s) {
         op->orphan = true;
-        return ret;
+        return NULL;
     }
     if (!op->done) {
-        op->ret = ret;
-        op->err = *err; /* moved: the reply is deferred */
-        err->cls = QMP_ERROR_NONE;
-        err->desc = NULL;
         op->d = qmp_session_defer(s);
         return NULL;
     }
+    ret = op->ret;
+    *err = op->err; /* moved */
     free(op);
     return ret;
 }
@@ -562,6 +623,8 @@ static json_t *qmp_blockdev_del(json_t *args, struct qmp_session *s,
 void bdev_qmp_init(void)
 {
     qmp_schema_add(schema);
+    drivers_schema();
+    qmp_inited = true;
     qmp_command_register("blockdev-add", qmp_blockdev_add);
     qmp_command_register("blockdev-del", qmp_blockdev_del);
     qmp_command_register("query-named-block-nodes",

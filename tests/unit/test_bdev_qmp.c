@@ -509,6 +509,166 @@ static int teardown(void **state)
     return scratch_remove();
 }
 
+/* ---- an open that completes later ----------------------------------------
+ */
+
+/* A driver whose open waits (as a network handshake would): open_start
+ * returns at once, the test completes it from the loop. */
+static struct bdev *later_bs;
+static int later_ret;
+static int later_closed;
+
+static int later_open_start(struct bdev *bs, json_t *opts,
+                            struct qmp_error *err)
+{
+    (void)opts;
+    (void)err;
+    assert_null(later_bs);
+    later_bs = bs;
+    return 0;
+}
+
+static void later_complete(void *arg)
+{
+    struct qmp_error err = QMP_ERROR_INIT;
+    struct bdev *bs = later_bs;
+
+    (void)arg;
+    later_bs = NULL;
+    if (later_ret < 0) {
+        qmp_error_setg(&err, "Failed to connect: nobody there");
+    }
+    bdev_open_complete(bs, later_ret, &err);
+    assert_false(qmp_error_is_set(&err)); /* taken over */
+}
+
+static void later_close(struct bdev *bs)
+{
+    (void)bs;
+    later_closed++;
+}
+
+static int64_t later_length(struct bdev *bs)
+{
+    (void)bs;
+    return 1 << 20;
+}
+
+static const struct bdev_driver later_drv = {
+    .name = "x-later",
+    .options_type = "BlockdevOptionsNull",
+    .open_start = later_open_start,
+    .close = later_close,
+    .length = later_length,
+};
+
+/* Runs the loop until the fake driver's open was started. */
+static void wait_later_started(void)
+{
+    while (!later_bs) {
+        uv_run(bdev_loop(), UV_RUN_ONCE);
+    }
+}
+
+/* blockdev-add of a node whose driver completes later replies only once
+ * the open is done, in order with what the client sent after it; other
+ * clients are served meanwhile and do not see the node; a failed open
+ * gives the driver's error and leaves nothing behind. */
+static void test_open_later(void **state)
+{
+    struct client a, b;
+    json_t *r;
+
+    (void)state;
+    bdev_register_driver(&later_drv);
+    client_open(&a);
+    client_open(&b);
+
+    send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'x-later', 'node-name': 'n1'}, 'id': 1}");
+    send_cmd(&a, "{'execute': 'query-version', 'id': 2}");
+    wait_later_started();
+    assert_int_equal(json_array_size(a.lines), 0);
+    /* Another client meanwhile: served, the node is not there yet, and
+     * its name is taken. */
+    assert_null(query_node(&b, "n1"));
+    send_cmd(&b, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'null-co', 'node-name': 'n1'}}");
+    expect_error(&b, "Duplicate nodes with node-name='n1'");
+    send_cmd(&b, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'null-co', 'node-name': 'other'}}");
+    expect_ok(&b);
+    assert_null(bdev_find("n1"));
+    assert_int_equal(json_array_size(a.lines), 0);
+
+    later_ret = 0;
+    bdev_call_later(later_complete, NULL);
+    r = next_reply(&a);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 1);
+    assert_non_null(json_object_get(r, "return"));
+    json_decref(r);
+    r = next_reply(&a);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 2);
+    assert_non_null(json_object_get(r, "return"));
+    json_decref(r);
+    assert_non_null(bdev_find("n1"));
+    r = query_node(&b, "n1");
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "drv")),
+                        "x-later");
+    json_decref(r);
+
+    /* As the file of a format blockdev-add opens: the format opens once
+     * its file did. */
+    send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'raw', 'node-name': 'r', 'file': {'driver': 'x-later'}}}");
+    wait_later_started();
+    assert_int_equal(json_array_size(a.lines), 0);
+    assert_null(bdev_find("r"));
+    bdev_call_later(later_complete, NULL);
+    expect_ok(&a);
+    assert_non_null(bdev_find("r"));
+    assert_int_equal(bdev_length(bdev_find("r")), 1 << 20);
+
+    /* An open that fails later: the driver's error, no node, name free. */
+    later_ret = -EIO;
+    send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'x-later', 'node-name': 'n2'}}");
+    wait_later_started();
+    send_cmd(&b, "{'execute': 'query-version'}");
+    expect_ok(&b);
+    assert_int_equal(json_array_size(a.lines), 0);
+    bdev_call_later(later_complete, NULL);
+    expect_error(&a, "Failed to connect: nobody there");
+    assert_null(bdev_find("n2"));
+    assert_null(query_node(&b, "n2"));
+    send_cmd(&b, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'null-co', 'node-name': 'n2'}}");
+    expect_ok(&b);
+
+    /* A driver that opens its own children cannot wait for one. */
+    send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'blkdebug', 'node-name': 'bd', 'image': "
+                 "{'driver': 'x-later'}}}");
+    expect_error(&a, "Driver 'x-later' completes its open later: it cannot "
+                     "be opened here");
+    assert_null(later_bs);
+
+    /* Closing a pending open at shutdown cancels it (the driver's close),
+     * and its client gets an error. */
+    later_ret = 0;
+    later_closed = 0;
+    send_cmd(&a, "{'execute': 'blockdev-add', 'arguments': {'driver': "
+                 "'x-later', 'node-name': 'n3'}}");
+    wait_later_started();
+    later_bs = NULL;
+    bdev_close_all();
+    assert_int_equal(later_closed, 1 + 2); /* n3, then n1 and r's file */
+    expect_error(&a, "Could not open node: Operation canceled");
+    client_close(&a);
+    client_close(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -517,6 +677,7 @@ int main(void)
         cmocka_unit_test_teardown(test_detect_zeroes, test_io_close_all),
         cmocka_unit_test_teardown(test_actual_size_growing, test_io_close_all),
         cmocka_unit_test_teardown(test_cache_direct, test_io_close_all),
+        cmocka_unit_test_teardown(test_open_later, test_io_close_all),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
