@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "daemon/log.h"
-#include "daemon/notify.h"
 #include "protocol/qmp.h"
 
 #define READ_BUF_SIZE 65536
@@ -42,7 +41,6 @@ static size_t n_clients;
 static uv_idle_t turn_idle;
 static bool turn_idle_ready;
 static unsigned next_id = 1;
-void (*client_quit_hook)(void);
 
 /* Shutdown: called once the last client is gone. */
 static void (*all_closed_cb)(void *opaque);
@@ -55,9 +53,17 @@ size_t client_count(void)
     return n_clients;
 }
 
+static void hook_changed(const struct client_hooks *hooks)
+{
+    if (hooks && hooks->changed) {
+        hooks->changed(hooks->opaque);
+    }
+}
+
 static void on_closed(uv_handle_t *h)
 {
     struct client *c = h->data;
+    const struct client_hooks *hooks = c->limits.hooks;
 
     if (c->prev) {
         c->prev->next = c->next;
@@ -70,7 +76,7 @@ static void on_closed(uv_handle_t *h)
     n_clients--;
     qmp_session_free(c->session);
     free(c);
-    notify_status_update();
+    hook_changed(hooks);
     if (n_clients == 0 && all_closed_cb) {
         void (*cb)(void *) = all_closed_cb;
 
@@ -168,9 +174,12 @@ static void session_send(void *opaque, const char *line, size_t len)
 
 static void session_quit(void *opaque)
 {
-    (void)opaque;
-    if (client_quit_hook) {
-        client_quit_hook();
+    struct client *c = opaque;
+
+    const struct client_hooks *hooks = c->limits.hooks;
+
+    if (hooks && hooks->quit) {
+        hooks->quit(hooks->opaque);
     }
 }
 
@@ -363,7 +372,7 @@ int client_accept(uv_stream_t *server, const struct client_limits *limits)
             limits->where ? limits->where : "?",
             limits->readonly ? " (read-only)" : "", (unsigned)c->cred.uid,
             (unsigned)c->cred.gid, (long)c->cred.pid);
-    notify_status_update();
+    hook_changed(c->limits.hooks);
     qmp_session_greet(c->session);
     ret = uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     if (ret < 0) {

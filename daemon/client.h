@@ -9,6 +9,14 @@
 #include <sys/types.h>
 #include <uv.h>
 
+/* What a client asks of the daemon, wired by the daemon (main.c) through
+ * the limits a socket's clients get, not a global. Any may be NULL. */
+struct client_hooks {
+    void (*quit)(void *opaque);    /* a client executed `quit` */
+    void (*changed)(void *opaque); /* a client connected or went away */
+    void *opaque;
+};
+
 struct client_limits {
     size_t max_msg_bytes; /* one JSON message, input */
     size_t max_queue;     /* unsent output bytes before disconnect */
@@ -18,6 +26,8 @@ struct client_limits {
     const uid_t *allow_uids;
     size_t n_allow_uids;
     const char *where; /* the socket's name, for log lines (borrowed) */
+    /* NULL: none; borrowed, must outlive every client. */
+    const struct client_hooks *hooks;
 };
 
 /* Takes an accepted connection from `server` and starts serving it: checks
@@ -38,7 +48,5 @@ void client_close_all_flushed(unsigned timeout_ms, void (*cb)(void *opaque),
 /* Closes every client without telling it anything. */
 void client_close_all(void);
 size_t client_count(void);
-/* Set by a client's `quit`; the daemon installs it. */
-extern void (*client_quit_hook)(void);
 
 #endif

@@ -534,10 +534,23 @@ static void on_signal(uv_signal_t *h, int signum)
     daemon_shutdown(name, "host-signal");
 }
 
-static void on_quit(void)
+static void on_quit(void *opaque)
 {
+    (void)opaque;
     daemon_shutdown("quit", "host-qmp-quit");
 }
+
+static void on_clients_changed(void *opaque)
+{
+    (void)opaque;
+    notify_status_update();
+}
+
+/* What clients ask of the daemon (every socket's clients). */
+static const struct client_hooks client_hooks = {
+    .quit = on_quit,
+    .changed = on_clients_changed,
+};
 
 /* ---- start-up --------------------------------------------------------- */
 
@@ -623,7 +636,7 @@ int main(int argc, char **argv)
     bdev_qmp_init();
     job_qmp_init();
     qmp_event_set_sink(events_sink, NULL);
-    client_quit_hook = on_quit;
+    cfg.limits.hooks = &client_hooks;
 
     /* A signal during start-up ends it cleanly too. */
     uv_signal_init(loop, &sig_int);
