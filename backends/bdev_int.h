@@ -52,6 +52,21 @@ enum bdev_debug_event {
 };
 void bdev_debug_event(struct bdev *child, enum bdev_debug_event ev);
 
+/* Parameters of an open that are no option a client can give: tests and
+ * benchmarks choose them for a node they open, and the children it opens
+ * inherit them (bdev_open_node: all zero).
+ * file_grow_mode: how the file driver serves aligned writes past the end
+ * of the file. PREALLOC (default): fallocate ahead on the thread pool, then
+ * libaio; POOL: the write itself on the thread pool; NATIVE: straight to
+ * libaio (ext4 then completes it inside io_submit, blocking the loop). */
+enum { BDEV_GROW_PREALLOC, BDEV_GROW_POOL, BDEV_GROW_NATIVE };
+struct bdev_open_params {
+    /* `file` nodes open without O_DIRECT, as on a file system that refuses
+     * it, so the thread-pool path runs. */
+    bool file_no_direct;
+    int file_grow_mode; /* BDEV_GROW_* */
+};
+
 struct bdev_driver {
     const char *name;  /* "file", "raw", "qcow2", "null-co", "blkdebug" */
     bool is_format;    /* has a `file` child */
@@ -180,6 +195,8 @@ struct bdev {
     /* Additive (bdev_open.c's): set while the driver's open_start has not
      * completed; such a node is not found by name nor shown. */
     void *opening;
+    /* Additive: the parameters it was opened with (its children's too). */
+    struct bdev_open_params params;
 };
 
 /* Ends an open_start: ret 0, or -errno with err's text (err may be NULL or
@@ -205,6 +222,9 @@ struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err);
  * referenced node or NULL and the error (the callee may move it out) -
  * inside this call when every driver involved completes at once, else
  * later from the loop. */
+struct bdev *bdev_open_node_with(json_t *opts, bool monitor,
+                                 const struct bdev_open_params *params,
+                                 struct qmp_error *err);
 typedef void bdev_open_cb(void *opaque, struct bdev *bs, struct qmp_error *err);
 void bdev_open_node_async(json_t *opts, bool monitor, bdev_open_cb *done,
                           void *opaque);
@@ -221,19 +241,10 @@ char *bdev_query_filename(struct bdev *bs);
 struct bdev *bdev_all_nodes(void);
 /* Tests: an extra driver found by name (up to 4). */
 void bdev_register_driver(const struct bdev_driver *drv);
-/* Tests: open `file` nodes without O_DIRECT, as on a file system that
- * refuses it, so the thread-pool path runs. */
-extern bool bdev_file_no_direct;
 /* Tests: how many writes detect-zeroes turned into write-zeroes. */
 uint64_t bdev_detected_zero_writes(void);
 /* True while a request is in flight on the node or a node below it. */
 bool bdev_tree_busy(const struct bdev *bs);
-/* Benchmarks: how the file driver serves aligned writes past the end of
- * the file. PREALLOC (default): fallocate ahead on the thread pool, then
- * libaio; POOL: the write itself on the thread pool; NATIVE: straight to
- * libaio (ext4 then completes it inside io_submit, blocking the loop). */
-enum { BDEV_GROW_PREALLOC, BDEV_GROW_POOL, BDEV_GROW_NATIVE };
-extern int bdev_file_grow_mode;
 
 /* Child helpers for format drivers. */
 int bdev_child_pread_sync(struct bdev *child, uint64_t off, uint64_t n,

@@ -27,6 +27,7 @@ struct inherit {
     bool cache_no_flush;
     bool auto_read_only;
     bool force_share;
+    struct bdev_open_params params;
 };
 
 /* Set while bdev_insert_filter() opens a filter over this node (by
@@ -122,8 +123,9 @@ struct open_op {
     bool inherited;      /* opened as a child: inh is the parent's */
     struct inherit inh;  /* what the parent passed down */
     struct inherit mine; /* this node's, what its children inherit */
-    json_t *cache;       /* opts' "cache", borrowed from opts */
-    const char *name;    /* opts' "node-name" or NULL, borrowed */
+    struct bdev_open_params params;
+    json_t *cache;    /* opts' "cache", borrowed from opts */
+    const char *name; /* opts' "node-name" or NULL, borrowed */
     struct bdev *bs;
     bool listed; /* on the list of all nodes */
     struct qmp_error err;
@@ -136,7 +138,8 @@ struct open_op {
 static struct open_op *pending;
 
 static void open_node(json_t *opts, bool monitor, const struct inherit *inh,
-                      bdev_open_cb *done, void *opaque);
+                      const struct bdev_open_params *params, bdev_open_cb *done,
+                      void *opaque);
 
 static void pending_remove(struct open_op *op)
 {
@@ -192,6 +195,8 @@ static void common_options(struct open_op *op)
     struct inherit *mine = &op->mine;
 
     *mine = op->inherited ? op->inh : (struct inherit){0};
+    mine->params = op->params;
+    bs->params = op->params;
     v = json_object_get(opts, "read-only");
     if (json_is_boolean(v)) {
         mine->read_only = json_is_true(v);
@@ -445,7 +450,8 @@ static void driver_opened(struct open_op *op, int ret)
 }
 
 static void open_node(json_t *opts, bool monitor, const struct inherit *inh,
-                      bdev_open_cb *done, void *opaque)
+                      const struct bdev_open_params *params, bdev_open_cb *done,
+                      void *opaque)
 {
     struct open_op *op = calloc(1, sizeof(*op));
 
@@ -457,6 +463,9 @@ static void open_node(json_t *opts, bool monitor, const struct inherit *inh,
     op->inherited = inh != NULL;
     if (inh) {
         op->inh = *inh;
+        op->params = inh->params;
+    } else if (params) {
+        op->params = *params;
     }
     op->done = done;
     op->opaque = opaque;
@@ -495,7 +504,7 @@ static void open_child(json_t *ref, const struct inherit *inh,
         }
         c->done = done;
         c->opaque = opaque;
-        open_node(ref, false, inh, child_opened, c);
+        open_node(ref, false, inh, NULL, child_opened, c);
         return;
     }
     if (json_is_string(ref)) {
@@ -573,7 +582,7 @@ static struct bdev *open_now(json_t *ref, bool child, const struct inherit *inh,
     if (child) {
         open_child(ref, inh, now_done, &n);
     } else {
-        open_node(ref, false, inh, now_done, &n);
+        open_node(ref, false, inh, NULL, now_done, &n);
     }
     if (!n.done) {
         abort(); /* every driver in ref completes at once */
@@ -584,7 +593,7 @@ static struct bdev *open_now(json_t *ref, bool child, const struct inherit *inh,
 void bdev_open_node_async(json_t *opts, bool monitor, bdev_open_cb *done,
                           void *opaque)
 {
-    open_node(opts, monitor, NULL, done, opaque);
+    open_node(opts, monitor, NULL, NULL, done, opaque);
 }
 
 struct bdev *bdev_open_filter_node(json_t *opts, struct bdev *child,
@@ -600,6 +609,13 @@ struct bdev *bdev_open_filter_node(json_t *opts, struct bdev *child,
 
 struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err)
 {
+    return bdev_open_node_with(opts, monitor, NULL, err);
+}
+
+struct bdev *bdev_open_node_with(json_t *opts, bool monitor,
+                                 const struct bdev_open_params *params,
+                                 struct qmp_error *err)
+{
     struct now n = {false, NULL, err};
 
     if (opens_later(opts)) {
@@ -609,7 +625,7 @@ struct bdev *bdev_open_node(json_t *opts, bool monitor, struct qmp_error *err)
                        json_string_value(json_object_get(opts, "driver")));
         return NULL;
     }
-    open_node(opts, monitor, NULL, now_done, &n);
+    open_node(opts, monitor, NULL, params, now_done, &n);
     if (!n.done) {
         abort();
     }
@@ -626,7 +642,8 @@ struct bdev *bdev_open_child(struct bdev *parent, json_t *ref, bool backing,
                           .cache_direct = parent->cache_direct,
                           .cache_no_flush = parent->cache_no_flush,
                           .auto_read_only = !backing && parent->auto_read_only,
-                          .force_share = parent->force_share};
+                          .force_share = parent->force_share,
+                          .params = parent->params};
 
     return open_now(ref, true, &inh, err);
 }
@@ -705,6 +722,7 @@ struct bdev *bdev_open_backing_file(struct bdev *parent, const char *name,
     inh.cache_direct = parent->cache_direct;
     inh.cache_no_flush = parent->cache_no_flush;
     inh.force_share = parent->force_share;
+    inh.params = parent->params;
     opts = json_object();
     json_object_set_new(opts, "driver", json_string(format));
     fopts = json_object();

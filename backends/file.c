@@ -49,9 +49,6 @@
 #define LOCK_SHARED 200
 #define PERM_BITS   4
 
-bool bdev_file_no_direct;
-int bdev_file_grow_mode;
-
 struct file_state {
     int fd;
     int fd_buf;
@@ -248,9 +245,9 @@ static int open_fds(struct bdev *bs, const char *path, bool rw, int *fd,
         qmp_error_setg(err, "Could not open '%s': %s", path, strerror(e));
         return -e;
     }
-    *fd = bdev_file_no_direct ? -1 : open(path, flags | O_DIRECT);
+    *fd = bs->params.file_no_direct ? -1 : open(path, flags | O_DIRECT);
     *direct = *fd >= 0;
-    if (*fd < 0 && bs->cache_direct && !bdev_file_no_direct) {
+    if (*fd < 0 && bs->cache_direct && !bs->params.file_no_direct) {
         /* The user asked for cache.direct=on: like QEMU, a file system
          * without O_DIRECT is an error then, not a silent fallback. */
         int e = errno;
@@ -511,8 +508,9 @@ static int file_rw(struct bdev *bs, struct bdev_req *req)
     bool native = aligned;
 
     if (req->op == BDEV_OP_WRITE && aligned && end > st->alloc_end &&
-        bdev_file_grow_mode != BDEV_GROW_NATIVE) {
-        if (st->prealloc_ok && bdev_file_grow_mode == BDEV_GROW_PREALLOC) {
+        req->bs->params.file_grow_mode != BDEV_GROW_NATIVE) {
+        if (st->prealloc_ok &&
+            req->bs->params.file_grow_mode == BDEV_GROW_PREALLOC) {
             /* Wait for the preallocation that makes this an overwrite. */
             req->drv_priv = NULL;
             if (st->grow_tail) {

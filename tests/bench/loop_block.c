@@ -96,6 +96,9 @@ static void tick(uv_timer_t *t)
     r->last_tick = now;
 }
 
+/* What open_json opens with (the file driver's grow mode per run). */
+static struct bdev_open_params open_params;
+
 static struct bdev *open_json(const char *json)
 {
     struct qmp_error err = QMP_ERROR_INIT;
@@ -107,7 +110,7 @@ static struct bdev *open_json(const char *json)
         fprintf(stderr, "bad json %s\n", json);
         exit(2);
     }
-    bs = bdev_open_node(o, true, &err);
+    bs = bdev_open_node_with(o, true, &open_params, &err);
     json_decref(o);
     if (!bs) {
         fprintf(stderr, "open: %s\n", err.desc);
@@ -157,7 +160,7 @@ static void one(const char *label, const char *dir, const char *fmt, int mode,
                  "\"filename\": \"%s\"}",
                  path);
     }
-    bdev_file_grow_mode = mode;
+    open_params.file_grow_mode = mode;
     r.bs = open_json(json);
     r.total = total;
     for (int i = 0; i < QD; i++) {
@@ -177,7 +180,7 @@ static void one(const char *label, const char *dir, const char *fmt, int mode,
     dt = uv_hrtime() - t0;
     aio_get_stats(&a1);
     bdev_unref(r.bs);
-    bdev_file_grow_mode = BDEV_GROW_PREALLOC;
+    open_params.file_grow_mode = BDEV_GROW_PREALLOC;
     uv_close((uv_handle_t *)&r.timer, NULL);
     uv_run(&loop, UV_RUN_NOWAIT);
     for (int i = 0; i < QD; i++) {

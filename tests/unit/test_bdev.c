@@ -21,6 +21,9 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
+/* What open_json opens with (a test changes it around one open). */
+static struct bdev_open_params open_params;
+
 static struct bdev *open_json(const char *text, struct qmp_error *err)
 {
     const char *perr = NULL;
@@ -28,7 +31,7 @@ static struct bdev *open_json(const char *text, struct qmp_error *err)
     struct bdev *bs;
 
     assert_non_null(o);
-    bs = bdev_open_node(o, true, err);
+    bs = bdev_open_node_with(o, true, &open_params, err);
     json_decref(o);
     return bs;
 }
@@ -230,10 +233,10 @@ static void file_roundtrip(const char *dir, bool no_direct, bool expect_native)
     uint8_t *bufs[N];
     uint8_t *rd = bdev_buf_alloc(SZ);
 
-    bdev_file_no_direct = no_direct;
+    open_params.file_no_direct = no_direct;
     f = must_open("{'driver': 'file', 'node-name': 'f', 'filename': '%s'}",
                   path);
-    bdev_file_no_direct = false;
+    open_params.file_no_direct = false;
     assert_int_equal(bdev_length(f), 4 << 20);
     aio_get_stats(&before);
     for (int i = 0; i < N; i++) {
