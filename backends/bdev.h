@@ -77,6 +77,20 @@ uint32_t bdev_cluster_size(const struct bdev *bs);
 /* Memory alignment and length multiple every request must respect. */
 uint32_t bdev_mem_align(const struct bdev *bs);
 
+/* What a node can do, asked once per node (when it is opened or reopened)
+ * and kept, so that callers (the copy engine) choose their requests up
+ * front instead of probing with -ENOTSUP. */
+struct bdev_caps {
+    /* Write-zeroes requests are served. A range may still answer -ENOTSUP
+     * (qcow2: an L2 table shared with an internal snapshot). */
+    bool write_zeroes;
+    /* Discard requests are served: none of today's drivers has them. */
+    bool discard;
+    uint32_t mem_align;    /* bdev_mem_align() when asked */
+    uint32_t cluster_size; /* bdev_cluster_size() when asked */
+};
+const struct bdev_caps *bdev_caps(struct bdev *bs);
+
 /* References: a node lives while referenced by its creator (the monitor or
  * a parent) or by a job. */
 void bdev_ref(struct bdev *bs);

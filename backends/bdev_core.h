@@ -59,6 +59,8 @@ void bdev_qmp_drivers_changed(void);
 
 /* ---- bdev_io.c ---- */
 
+/* Asks the node (and its driver) what it can do: bdev_caps(). */
+void bdev_caps_refresh(struct bdev *bs);
 /* Shutdown: forgets every bdev_drain() waiter. */
 void bdev_io_forget_drains(void);
 

@@ -582,6 +582,19 @@ int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
     struct bdev_drained *d = bdev_drained_begin(bs, true);
     int ret = reopen(bs, read_write, err);
 
+    /* The file chain may have changed descriptors (alignment): ask again,
+     * bottom up. */
+    {
+        struct bdev *chain[16];
+        size_t n = 0;
+
+        for (struct bdev *c = bs; c && n < 16; c = c->file) {
+            chain[n++] = c;
+        }
+        while (n-- > 0) {
+            bdev_caps_refresh(chain[n]);
+        }
+    }
     bdev_drained_end(d);
     return ret;
 }

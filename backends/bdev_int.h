@@ -134,6 +134,10 @@ struct bdev_driver {
      * enum bdev_prealloc (backends/image_create.h). NULL: -ENOTSUP. */
     int (*truncate)(struct bdev *bs, uint64_t size, int prealloc, bdev_cb *cb,
                     void *opaque);
+    /* Additive: refines what the layer derives for bdev_caps() (e.g. a
+     * network driver whose server has no write-zeroes clears it). Called
+     * after open and reopen; NULL: the layer's answer stands. */
+    void (*caps)(struct bdev *bs, struct bdev_caps *caps);
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
@@ -195,6 +199,9 @@ struct bdev {
     /* Additive (bdev_open.c's): set while the driver's open_start has not
      * completed; such a node is not found by name nor shown. */
     void *opening;
+    /* Additive (bdev_io.c's): bdev_caps(), asked at open and reopen. */
+    struct bdev_caps caps;
+    bool caps_known; /* a node made outside bdev_open (tests) asks late */
     /* Additive: the parameters it was opened with (its children's too). */
     struct bdev_open_params params;
 };

@@ -61,6 +61,39 @@ static void drain_later(void *arg)
     drain_check();
 }
 
+/* ---- capabilities -------------------------------------------------------- */
+
+void bdev_caps_refresh(struct bdev *bs)
+{
+    struct bdev_caps c = {0};
+
+    c.write_zeroes = bs->drv->submit != NULL;
+    /* Nodes that hand writes to their file as they are (raw, blkdebug,
+     * copy-on-read) can what it can; a format with metadata (qcow2) makes
+     * zeroes itself. */
+    if (bs->file && !bs->drv->has_backing) {
+        c.write_zeroes = c.write_zeroes && bdev_caps(bs->file)->write_zeroes;
+    }
+    c.discard = false;
+    c.mem_align = bdev_mem_align(bs);
+    c.cluster_size = bdev_cluster_size(bs);
+    if (bs->drv->caps) {
+        bs->drv->caps(bs, &c);
+    }
+    bs->caps = c;
+    bs->caps_known = true;
+}
+
+const struct bdev_caps *bdev_caps(struct bdev *bs)
+{
+    if (!bs->caps_known) {
+        bdev_caps_refresh(bs);
+    }
+    return &bs->caps;
+}
+
+/* ---- requests: in flight and waits on it --------------------------------- */
+
 void bdev_io_forget_drains(void)
 {
     while (drains) {
@@ -160,7 +193,8 @@ static int submit(struct bdev *bs, enum bdev_op op, uint64_t offset,
     struct bdev_req *req;
     int ret;
 
-    if (!bs->drv->submit) {
+    if (!bs->drv->submit ||
+        (op == BDEV_OP_WRITE_ZEROES && !bdev_caps(bs)->write_zeroes)) {
         return -ENOTSUP;
     }
     if (op != BDEV_OP_FLUSH) {

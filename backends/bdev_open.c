@@ -446,6 +446,7 @@ static void driver_opened(struct open_op *op, int ret)
     if (drv->has_backing && !bs->auto_backing) {
         bs->auto_backing = bdev_header_backing(bs);
     }
+    bdev_caps_refresh(bs);
     open_finish(op, true);
 }
 

@@ -629,6 +629,16 @@ static void test_open_later(void **state)
     expect_ok(&a);
     assert_non_null(bdev_find("r"));
     assert_int_equal(bdev_length(bdev_find("r")), 1 << 20);
+    /* Capabilities, asked once: raw can what its file can (this one has
+     * no request path at all), null-co serves write-zeroes; nobody
+     * discards. A request the node cannot serve is refused up front. */
+    assert_true(bdev_caps(bdev_find("other"))->write_zeroes);
+    assert_false(bdev_caps(bdev_find("other"))->discard);
+    assert_false(bdev_caps(bdev_find("r"))->write_zeroes);
+    assert_int_equal(bdev_caps(bdev_find("r"))->mem_align,
+                     bdev_mem_align(bdev_find("r")));
+    assert_int_equal(
+        bdev_write_zeroes(bdev_find("r"), 0, 512, test_io_cb, NULL), -ENOTSUP);
 
     /* An open that fails later: the driver's error, no node, name free. */
     later_ret = -EIO;
