@@ -58,6 +58,17 @@ static void usage(FILE *out)
             "                         follow it to its end (progress bar on "
             "a terminal,\n"
             "                         progress lines otherwise)\n"
+            "  create FILE SIZE [--format qcow2|raw] [--backing-file B]\n"
+            "         [--backing-fmt F] [--cluster-size N] [--version v2|v3]\n"
+            "         [--preallocation off|metadata|falloc|full]\n"
+            "         [--lazy-refcounts] [--job-id ID]\n"
+            "                         create an image with blockdev-create "
+            "jobs and\n"
+            "                         wait for them (format: qcow2 by "
+            "default)\n"
+            "  snapshot NODE OVERLAY  blockdev-snapshot: OVERLAY (added with "
+            "backing\n"
+            "                         null) becomes the top over NODE\n"
             "  jobs                   list the block jobs as a table\n"
             "  pause JOB              pause a job\n"
             "  resume JOB             resume a paused job\n"
@@ -722,6 +733,168 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
     return wait_job(c, job_id ? job_id : node);
 }
 
+/* Waits for the job's JOB_STATUS_CHANGE to `status` (events already
+ * received first). */
+static void wait_status(struct conn *c, const char *id, const char *status)
+{
+    for (;;) {
+        json_t *m;
+
+        while (json_array_size(c->pending)) {
+            json_t *e = json_incref(json_array_get(c->pending, 0)), *d;
+            bool hit;
+
+            json_array_remove(c->pending, 0);
+            d = json_object_get(e, "data");
+            hit = !strcmp(json_string_value(json_object_get(e, "event")),
+                          "JOB_STATUS_CHANGE") &&
+                  !strcmp(json_string_value(json_object_get(d, "id")), id) &&
+                  !strcmp(json_string_value(json_object_get(d, "status")),
+                          status);
+            json_decref(e);
+            if (hit) {
+                return;
+            }
+        }
+        m = read_msg(c, -1);
+        if (is_event(m)) {
+            json_array_append_new(c->pending, m);
+        } else {
+            json_decref(m);
+        }
+    }
+}
+
+/* One blockdev-create job, followed to its end and dismissed: 0, or the
+ * job's error printed and EXIT_JOB_FAILED. */
+static int run_create_job(struct conn *c, const char *id, json_t *options)
+{
+    json_t *reply, *jobs, *j;
+    const char *error = NULL;
+    size_t i;
+    int rc = 0;
+
+    run_simple(c, "blockdev-create",
+               json_pack("{s:s, s:o}", "job-id", id, "options", options));
+    wait_status(c, id, "concluded");
+    reply = execute(c, "query-jobs", NULL);
+    jobs = expect_return(reply);
+    json_array_foreach(jobs, i, j) {
+        if (!strcmp(json_string_value(json_object_get(j, "id")), id)) {
+            error = json_string_value(json_object_get(j, "error"));
+        }
+    }
+    if (error) {
+        fprintf(stderr, "%s: %s\n", prog, error);
+        rc = EXIT_JOB_FAILED;
+    }
+    json_decref(reply);
+    run_simple(c, "job-dismiss", json_pack("{s:s}", "id", id));
+    return rc;
+}
+
+static int cmd_create(struct conn *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"format", required_argument, NULL, 'f'},
+        {"backing-file", required_argument, NULL, 'b'},
+        {"backing-fmt", required_argument, NULL, 'F'},
+        {"cluster-size", required_argument, NULL, 'c'},
+        {"version", required_argument, NULL, 'v'},
+        {"preallocation", required_argument, NULL, 'p'},
+        {"lazy-refcounts", no_argument, NULL, 'l'},
+        {"job-id", required_argument, NULL, 'j'},
+        {NULL, 0, NULL, 0},
+    };
+    json_t *q = json_pack("{s:s}", "driver", "qcow2");
+    const char *format = "qcow2", *job_id = "create", *prealloc = NULL;
+    long long size, n;
+    char id[300];
+    int opt, rc;
+
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'f':
+            format = optarg;
+            break;
+        case 'b':
+            json_object_set_new(q, "backing-file", json_string(optarg));
+            break;
+        case 'F':
+            json_object_set_new(q, "backing-fmt", json_string(optarg));
+            break;
+        case 'c':
+            if (parse_bytes(optarg, &n) < 0) {
+                json_decref(q);
+                return usage_error("create: --cluster-size: '%s' is not a "
+                                   "size",
+                                   optarg);
+            }
+            json_object_set_new(q, "cluster-size", json_integer(n));
+            break;
+        case 'v':
+            json_object_set_new(q, "version", json_string(optarg));
+            break;
+        case 'p':
+            prealloc = optarg;
+            break;
+        case 'l':
+            json_object_set_new(q, "lazy-refcounts", json_true());
+            break;
+        case 'j':
+            job_id = optarg;
+            break;
+        case ':':
+            json_decref(q);
+            return usage_error("create: option '%s' needs an argument",
+                               argv[optind - 1]);
+        default:
+            json_decref(q);
+            return usage_error("create: unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 2 || parse_bytes(argv[optind + 1], &size) < 0) {
+        json_decref(q);
+        return usage_error("create: give a FILE and a SIZE");
+    }
+    if (strcmp(format, "qcow2") && strcmp(format, "raw")) {
+        json_decref(q);
+        return usage_error("create: --format is qcow2 or raw");
+    }
+    if (!c) {
+        json_decref(q);
+        return -1;
+    }
+    /* The file first (for raw: with its size and preallocation), then the
+     * qcow2 layout on it, each its own job. */
+    snprintf(id, sizeof(id), "%s%s", job_id,
+             strcmp(format, "raw") ? "-file" : "");
+    {
+        json_t *f = json_pack("{s:s, s:s, s:I}", "driver", "file", "filename",
+                              argv[optind], "size",
+                              (json_int_t)(strcmp(format, "raw") ? 0 : size));
+
+        if (prealloc && !strcmp(format, "raw")) {
+            json_object_set_new(f, "preallocation", json_string(prealloc));
+        }
+        rc = run_create_job(c, id, f);
+    }
+    if (rc || !strcmp(format, "raw")) {
+        json_decref(q);
+        return rc;
+    }
+    json_object_set_new(
+        q, "file",
+        json_pack("{s:s, s:s}", "driver", "file", "filename", argv[optind]));
+    json_object_set_new(q, "size", json_integer(size));
+    if (prealloc) {
+        json_object_set_new(q, "preallocation", json_string(prealloc));
+    }
+    return run_create_job(c, job_id, q);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -770,6 +943,16 @@ int main(int argc, char **argv)
         if (rc >= 0) {
             return rc;
         }
+    } else if (!strcmp(cmd, "create")) {
+        rc = cmd_create(NULL, nargs, args);
+
+        if (rc >= 0) {
+            return rc;
+        }
+    } else if (!strcmp(cmd, "snapshot")) {
+        if (nargs != 3) {
+            return usage_error("snapshot: give a NODE and an OVERLAY");
+        }
     } else if (!strcmp(cmd, "jobs") || !strcmp(cmd, "events")) {
         if (nargs != 1) {
             return usage_error("%s takes no arguments", cmd);
@@ -804,6 +987,12 @@ int main(int argc, char **argv)
     connect_qmp(&c, sock);
     if (!strcmp(cmd, "stream")) {
         rc = cmd_stream(&c, nargs, args);
+    } else if (!strcmp(cmd, "create")) {
+        rc = cmd_create(&c, nargs, args);
+    } else if (!strcmp(cmd, "snapshot")) {
+        rc = run_simple(
+            &c, "blockdev-snapshot",
+            json_pack("{s:s, s:s}", "node", args[1], "overlay", args[2]));
     } else if (!strcmp(cmd, "jobs")) {
         rc = cmd_jobs(&c);
     } else if (!strcmp(cmd, "events")) {

@@ -218,6 +218,56 @@ def test_refused_peer_exit_3():
         assert "Access denied: uid 4343" in p.stderr, p.stderr
 
 
+def test_create_and_snapshot():
+    """create: the file and the qcow2 jobs, followed and dismissed; a job's
+    error is printed with exit 4; snapshot puts an overlay on a node."""
+    d = workdir()
+    base = os.path.join(d, "base.qcow2")
+    ov = os.path.join(d, "ov.qcow2")
+    with Daemon() as dm:
+        r = ctl(dm.sock, "create", base, "8M", "--cluster-size", "4K",
+                "--lazy-refcounts")
+        assert r.returncode == 0, r
+        r = ctl(dm.sock, "create", ov, "8M", "--backing-file", base,
+                "--backing-fmt", "qcow2", "--job-id", "mk")
+        assert r.returncode == 0, r
+        r = ctl(dm.sock, "create", os.path.join(d, "x.qcow2"), "1000")
+        assert r.returncode == 4, r
+        assert "Image size must be a multiple of 512 bytes" in r.stderr, r
+        r = ctl(dm.sock, "create", os.path.join(d, "r.raw"), "1M",
+                "--format", "raw", "--preallocation", "full")
+        assert r.returncode == 0, r
+        assert ctl(dm.sock, "create", "onlyfile").returncode == 2
+        assert ctl(dm.sock, "snapshot", "a").returncode == 2
+        r = ctl(dm.sock, "qmp", '{"execute": "query-jobs"}')
+        assert r.stdout.strip() == "[]", r
+        for args in ({"driver": "qcow2", "node-name": "base",
+                      "file": {"driver": "file", "filename": base}},
+                     {"driver": "qcow2", "node-name": "ov", "backing": None,
+                      "file": {"driver": "file", "filename": ov}}):
+            r = ctl(dm.sock, "qmp", json.dumps({"execute": "blockdev-add",
+                                                "arguments": args}))
+            assert r.returncode == 0, r
+        r = ctl(dm.sock, "snapshot", "base", "ov")
+        assert r.returncode == 0, r
+        r = ctl(dm.sock, "snapshot", "base", "ov")
+        assert r.returncode == 1, r
+        assert "Node 'base' is busy: node is used as backing hd of 'ov'" in (
+            r.stderr), r
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", base], check=True,
+        capture_output=True, text=True).stdout)
+    assert info["cluster-size"] == 4096, info
+    assert info["format-specific"]["data"]["lazy-refcounts"] is True, info
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", ov], check=True,
+        capture_output=True, text=True).stdout)
+    assert info["backing-filename"] == base, info
+    assert os.path.getsize(os.path.join(d, "r.raw")) == 1 << 20
+    check_image(ov)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
     require("qemu-img", "qemu-io")
     Runner(globals()).run()
