@@ -126,6 +126,15 @@ char *bdev_header_backing(struct bdev *bs);
 struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
                                 const char *node_name, struct qmp_error *err);
 void bdev_remove_filter(struct bdev *filter);
+/* As bdev_remove_filter(), but the filter's parents and BlockBackends go
+ * to `to` instead of the filter's child (an active commit's pivot). */
+void bdev_remove_filter_onto(struct bdev *filter, struct bdev *to);
+/* Whether another node uses bs as a child (QEMU's root check: a node
+ * without parents but BlockBackends is a root). */
+bool bdev_has_parents(const struct bdev *bs);
+/* The name of a node that uses bs as a child (*backing: as its backing),
+ * or NULL when none does. */
+const char *bdev_busy_parent(struct bdev *bs, bool *backing);
 /* Marks the node a job does its I/O through: blockdev-del of it fails with
  * "Node X is in use" (QEMU: a BlockBackend is attached). */
 void bdev_set_job_io_node(struct bdev *bs, bool on);

@@ -305,6 +305,28 @@ struct bdev *bdev_insert_filter(struct bdev *bs, const char *driver,
     return f;
 }
 
+bool bdev_has_parents(const struct bdev *bs)
+{
+    return bs->parents > 0;
+}
+
+void bdev_remove_filter_onto(struct bdev *filter, struct bdev *to)
+{
+    struct bdev_drained *d = bdev_drained_begin(filter, false);
+    struct bdev *child = filter->file;
+
+    /* QEMU's pivot (bdrv_replace_node of the mirror filter by the target):
+     * the filter's parents and BlockBackends go to `to`. */
+    replace_in_parents(filter, to, NULL);
+    filter->detached = true;
+    bdev_perm_refresh(to, NULL);
+    if (child) {
+        bdev_perm_refresh(child, NULL);
+    }
+    bdev_drained_end(d);
+    bdev_unref(filter);
+}
+
 void bdev_remove_filter(struct bdev *filter)
 {
     struct bdev *child = filter->file;
@@ -597,4 +619,20 @@ int bdev_reopen(struct bdev *bs, bool read_write, struct qmp_error *err)
     }
     bdev_drained_end(d);
     return ret;
+}
+
+const char *bdev_busy_parent(struct bdev *bs, bool *backing)
+{
+    size_t n;
+    struct plink *ps = bdev_parents_of(bs, &n);
+    const char *name = NULL;
+
+    for (size_t i = 0; i < n && !name; i++) {
+        if (!ps[i].u && ps[i].node) {
+            name = bdev_node_name(ps[i].node);
+            *backing = ps[i].backing;
+        }
+    }
+    free(ps);
+    return name;
 }

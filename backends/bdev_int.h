@@ -138,6 +138,10 @@ struct bdev_driver {
      * network driver whose server has no write-zeroes clears it). Called
      * after open and reopen; NULL: the layer's answer stands. */
     void (*caps)(struct bdev *bs, struct bdev_caps *caps);
+    /* Additive, filters: named after the child even when the user named
+     * the node (QEMU's commit_top and mirror_top refresh their file name
+     * from their child). */
+    bool named_as_child;
 };
 
 /* Permissions a parent takes on a child, QEMU's BLK_PERM_* bit order (the
@@ -267,5 +271,7 @@ extern const struct bdev_driver bdev_drv_qcow2;
 extern const struct bdev_driver bdev_drv_null_co;
 extern const struct bdev_driver bdev_drv_blkdebug;
 extern const struct bdev_driver bdev_drv_copy_on_read;
+extern const struct bdev_driver bdev_drv_commit_top;
+extern const struct bdev_driver bdev_drv_mirror_top;
 
 #endif

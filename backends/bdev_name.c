@@ -179,10 +179,12 @@ static bool is_json_name(const char *s)
     return s && strncmp(s, "json:", 5) == 0;
 }
 
-/* An implicit filter stands in for its child in every name. */
+/* An implicit filter (and a job's filter, always) stands in for its child
+ * in every name. */
 static bool transparent(const struct bdev *bs)
 {
-    return bs->drv->is_filter && bs->implicit && bs->file;
+    return bs->drv->is_filter && bs->file &&
+           (bs->implicit || bs->drv->named_as_child);
 }
 
 static json_t *query_opts(struct bdev *bs);

@@ -16,8 +16,9 @@
  * struct in blockdev_qmp.c's schema); blockdev-add's BlockdevDriver and
  * BlockdevOptions are built from this table. */
 static const struct bdev_driver *const drivers[] = {
-    &bdev_drv_file,    &bdev_drv_raw,      &bdev_drv_qcow2,
-    &bdev_drv_null_co, &bdev_drv_blkdebug, &bdev_drv_copy_on_read,
+    &bdev_drv_file,       &bdev_drv_raw,        &bdev_drv_qcow2,
+    &bdev_drv_null_co,    &bdev_drv_blkdebug,   &bdev_drv_copy_on_read,
+    &bdev_drv_commit_top, &bdev_drv_mirror_top,
 };
 
 /* Options a child inherits from its parent unless it sets them itself. */

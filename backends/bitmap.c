@@ -280,3 +280,14 @@ void bitmap_note_write(struct bdev *bs, uint64_t offset, uint64_t bytes)
         }
     }
 }
+
+struct bitmap *bitmap_next_attached(const struct bdev *bs,
+                                    const struct bitmap *prev)
+{
+    struct bitmap *bm = prev ? prev->next_attached : attached;
+
+    while (bm && bm->bs != bs) {
+        bm = bm->next_attached;
+    }
+    return bm;
+}

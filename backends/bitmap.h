@@ -59,6 +59,9 @@ int bitmap_merge(struct bitmap *dst, const struct bitmap *src);
 int bitmap_attach(struct bitmap *bm, struct bdev *bs);
 void bitmap_detach(struct bitmap *bm);
 struct bdev *bitmap_node(const struct bitmap *bm);
+/* The bitmaps attached to bs, newest first (prev NULL: the first). */
+struct bitmap *bitmap_next_attached(const struct bdev *bs,
+                                    const struct bitmap *prev);
 
 /* The block layer's hook: a write to bs over [offset, offset + bytes)
  * completed (whatever its result). Cheap when no bitmap is attached. */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "backends/bitmap.h"
 #include "protocol/qmp.h"
 
 static const char schema[] =
@@ -258,6 +259,33 @@ static int64_t actual_size(const struct bdev *bs)
     return -1;
 }
 
+/* The (unnamed, in-memory) bitmaps jobs attached to the node, as qsd lists
+ * a mirror's or a backup's: members in qsd's order. */
+static void dirty_bitmaps(const struct bdev *bs, json_t *o)
+{
+    json_t *list = NULL;
+
+    for (struct bitmap *bm = bitmap_next_attached(bs, NULL); bm;
+         bm = bitmap_next_attached(bs, bm)) {
+        json_t *e = json_object();
+
+        json_object_set_new(e, "recording", json_true());
+        json_object_set_new(e, "persistent", json_false());
+        json_object_set_new(e, "busy", json_false());
+        json_object_set_new(e, "granularity",
+                            json_integer(bitmap_granularity(bm)));
+        json_object_set_new(e, "count",
+                            json_integer((json_int_t)bitmap_count(bm)));
+        if (!list) {
+            list = json_array();
+        }
+        json_array_append_new(list, e);
+    }
+    if (list) {
+        json_object_set_new(o, "dirty-bitmaps", list);
+    }
+}
+
 /* null-co has no image info: neither has a format right on top of it. */
 static bool on_null(const struct bdev *bs)
 {
@@ -360,6 +388,7 @@ static json_t *device_info(struct bdev *bs, bool flat)
     if (bs->backing) {
         json_object_set_new(o, "backing_file", name_value(bs->backing));
     }
+    dirty_bitmaps(bs, o);
     json_object_set_new(o, "encrypted", json_false());
     json_object_set_new(o, "bps", json_integer(0));
     json_object_set_new(o, "bps_rd", json_integer(0));

@@ -289,7 +289,7 @@ void blockjob_event_finished(struct job *job)
     struct blockjob *bj = (struct blockjob *)job;
     json_t *data = progress_event_data(bj);
 
-    if (job->cancelled) {
+    if (job_is_cancelled(job)) {
         qmp_event_emit("BLOCK_JOB_CANCELLED", data);
         return;
     }
@@ -297,6 +297,12 @@ void blockjob_event_finished(struct job *job)
         json_object_set_new(data, "error", json_string(job->error));
     }
     qmp_event_emit("BLOCK_JOB_COMPLETED", data);
+}
+
+void blockjob_set_ready(struct blockjob *bj)
+{
+    job_set_ready(&bj->job);
+    qmp_event_emit("BLOCK_JOB_READY", progress_event_data(bj));
 }
 
 void blockjob_event_pending(struct job *job)

@@ -317,7 +317,17 @@ int job_apply_verb(struct job *job, enum job_verb verb, struct qmp_error *err)
 
 bool job_is_cancelled(const struct job *job)
 {
+    return job->cancelled && job->force_cancel;
+}
+
+bool job_cancel_requested(const struct job *job)
+{
     return job->cancelled;
+}
+
+void job_set_ready(struct job *job)
+{
+    job_transition(job, JOB_STATUS_READY);
 }
 
 bool job_may_issue(const struct job *job)
@@ -617,7 +627,7 @@ void job_drain_end(struct job *job)
 
 static void job_update_rc(struct job *job)
 {
-    if (!job->ret && job->cancelled) {
+    if (!job->ret && job_is_cancelled(job)) {
         job->ret = -ECANCELED;
     }
     if (job->ret) {
@@ -715,6 +725,7 @@ static void job_prepare_done(struct job *job, int ret)
     /* A cancel that arrived while prepare ran cannot undo it: the job's
      * effect is made; it concludes as prepared. */
     job->cancelled = job->cancelled && job->ret != 0;
+    job->force_cancel = job->force_cancel && job->cancelled;
     job_finalize_single(job);
     job_unref(job);
 }
@@ -788,9 +799,10 @@ static void job_cancel(struct job *job, bool force)
         assert(job->pause_count > 0);
         job->pause_count--;
     }
-    /* No job type here knows a soft cancel (mirror's ready state): like
-     * QEMU's drivers without a .cancel hook, every cancel is a hard one. */
-    force = true;
+    /* A job type without a cancel hook knows no soft cancel: every cancel
+     * is a hard one (QEMU's drivers without .cancel). With one (a ready
+     * active commit), a soft cancel ends the job without its effect. */
+    force = job->drv->cancel ? job->drv->cancel(job, force) : true;
     if (force || !job->deferred) {
         job->cancelled = true;
         job->force_cancel |= force;
@@ -801,7 +813,7 @@ static void job_cancel(struct job *job, bool force)
         job_finalize_single(job);
         job_unref(job);
     } else if (job->deferred) {
-        if (job->cancelled && job->status == JOB_STATUS_PENDING &&
+        if (job_is_cancelled(job) && job->status == JOB_STATUS_PENDING &&
             !job->finalizing) {
             job_ref(job);
             job_finalize_single(job);

@@ -96,6 +96,10 @@ struct job_driver {
     void (*run)(struct job *job);
     /* Optional: ready jobs only (mirror); NULL = cannot complete. */
     void (*complete)(struct job *job, struct qmp_error *err);
+    /* Optional: a cancel request; returns whether it is a hard one (QEMU's
+     * .cancel: a ready job may take a soft cancel as "end without
+     * effect"). NULL: every cancel is hard. */
+    bool (*cancel)(struct job *job, bool force);
     /* Optional: called when the user resumes or cancels a user-paused job. */
     void (*user_resume)(struct job *job);
     /* Optional, asynchronous: calls done(job, ret) later, exactly once. */
@@ -164,8 +168,12 @@ void job_complete(struct job *job, struct qmp_error *err);
 void job_finalize(struct job *job, struct qmp_error *err);
 void job_dismiss(struct job *job, struct qmp_error *err);
 
-/* Driver side. */
+/* Driver side. A hard cancel (job_is_cancelled: the job ends as
+ * cancelled) or any cancel, soft ones included (job_cancel_requested). */
 bool job_is_cancelled(const struct job *job);
+bool job_cancel_requested(const struct job *job);
+/* running -> ready (the driver emits BLOCK_JOB_READY after it). */
+void job_set_ready(struct job *job);
 /* False while a pause or cancel is pending or the job sleeps: then the
  * driver must not issue new requests. */
 bool job_may_issue(const struct job *job);
