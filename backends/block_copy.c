@@ -178,6 +178,9 @@ static void write_done(void *opaque, int ret)
         req_failed(r, ret, COPY_SIDE_TARGET);
     } else {
         r->st = REQ_FREE;
+        if (c->p.hooks->copied) {
+            c->p.hooks->copied(c->p.opaque, r->off, r->bytes);
+        }
     }
     update_progress(c);
     io_end(c);

@@ -96,6 +96,9 @@ struct copy_hooks {
     /* A reported error ends the copy: an owner held back by pace() should
      * call block_copy_run() now rather than after its sleep. Optional. */
     void (*ending)(void *opaque);
+    /* A request's chunks [offset, offset + bytes) were copied (its write
+     * completed). Optional (a bitmap-driven owner counts done bytes). */
+    void (*copied)(void *opaque, uint64_t offset, uint64_t bytes);
     /* The done prefix moved forward to `offset`. */
     void (*progress)(void *opaque, uint64_t offset);
     /* The copy is over: ret 0, or the first error reported or ignored

@@ -299,10 +299,11 @@ void blockjob_event_finished(struct job *job)
     qmp_event_emit("BLOCK_JOB_COMPLETED", data);
 }
 
-void blockjob_set_ready(struct blockjob *bj)
+void blockjob_set_ready(struct job *job)
 {
-    job_set_ready(&bj->job);
-    qmp_event_emit("BLOCK_JOB_READY", progress_event_data(bj));
+    job_set_ready(job);
+    qmp_event_emit("BLOCK_JOB_READY",
+                   progress_event_data((struct blockjob *)job));
 }
 
 void blockjob_event_pending(struct job *job)

@@ -88,7 +88,7 @@ void blockjob_user_resume(struct job *job);    /* io-status back to ok */
 void blockjob_event_finished(struct job *job); /* COMPLETED / CANCELLED */
 void blockjob_event_pending(struct job *job);  /* BLOCK_JOB_PENDING */
 /* running -> ready, then BLOCK_JOB_READY. */
-void blockjob_set_ready(struct blockjob *bj);
+void blockjob_set_ready(struct job *job);
 
 /* BlockJobInfo (query-block-jobs), members in qsd 7.2's order. */
 json_t *blockjob_info(struct job *job);

@@ -325,6 +325,15 @@ bool job_cancel_requested(const struct job *job)
     return job->cancelled;
 }
 
+void job_set_error_text(struct job *job, const char *text)
+{
+    free(job->error);
+    job->error = strdup(text);
+    if (!job->error) {
+        abort();
+    }
+}
+
 void job_set_ready(struct job *job)
 {
     job_transition(job, JOB_STATUS_READY);

@@ -174,6 +174,9 @@ bool job_is_cancelled(const struct job *job);
 bool job_cancel_requested(const struct job *job);
 /* running -> ready (the driver emits BLOCK_JOB_READY after it). */
 void job_set_ready(struct job *job);
+/* The text the job's end reports (BLOCK_JOB_COMPLETED's error, query-jobs)
+ * instead of strerror() of its ret; before job_completed(). */
+void job_set_error_text(struct job *job, const char *text);
 /* False while a pause or cancel is pending or the job sleeps: then the
  * driver must not issue new requests. */
 bool job_may_issue(const struct job *job);

@@ -4,11 +4,13 @@
 #include <stddef.h>
 
 #include "jobs/create.h"
+#include "jobs/mirror.h"
 #include "jobs/stream.h"
 
 static const struct job_type_def *const job_types[] = {
     &stream_job_type,
     &create_job_type,
+    &mirror_job_type,
 };
 
 void job_types_init(void)

@@ -493,6 +493,12 @@ static int check_int_range(json_t *v, const char *name, const char *full,
         return -EINVAL;
     }
     if (!json_is_integer(v)) {
+        if (!strncmp(name, "uint", 4)) {
+            /* QEMU's uintN visitors read a uint64 first. */
+            qmp_error_setg(err, "Parameter '%s' expects uint64",
+                           full ? full : "null");
+            return -EINVAL;
+        }
         return type_error(err, full, "integer");
     }
     n = json_integer_value(v);
