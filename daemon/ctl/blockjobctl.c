@@ -69,6 +69,16 @@ static void usage(FILE *out)
             "  snapshot NODE OVERLAY  blockdev-snapshot: OVERLAY (added with "
             "backing\n"
             "                         null) becomes the top over NODE\n"
+            "  mirror NODE TARGET [--sync full|top|none] [--speed N]\n"
+            "         [--on-source-error P] [--on-target-error P] [--job-id ID]"
+            " [--wait]\n"
+            "                         start a blockdev-mirror job copying NODE "
+            "into the\n"
+            "                         node TARGET; with --wait, follow it "
+            "until READY\n"
+            "  complete JOB           pivot a ready mirror to its target and "
+            "wait for\n"
+            "                         the job's end\n"
             "  jobs                   list the block jobs as a table\n"
             "  pause JOB              pause a job\n"
             "  resume JOB             resume a paused job\n"
@@ -470,6 +480,7 @@ struct follow {
     bool have_sample;
     int last_pct_line; /* off a terminal: last printed percentage */
     bool bar_drawn;
+    bool until_ready; /* a mirror: READY ends the follow (exit 0) */
 };
 
 static void clear_bar(struct follow *f)
@@ -569,6 +580,16 @@ static int follow_event(struct follow *f, json_t *ev)
     if (!dev || strcmp(dev, f->id) != 0) {
         return -1;
     }
+    if (!strcmp(name, "BLOCK_JOB_READY") && f->until_ready) {
+        clear_bar(f);
+        printf("%s: ready, %s copied in %.1f s; the target stays in sync "
+               "(blockjobctl complete %s pivots)\n",
+               f->id,
+               human((double)json_integer_value(json_object_get(data, "len")),
+                     a, sizeof(a)),
+               now() - f->t0, f->id);
+        return 0;
+    }
     if (!strcmp(name, "BLOCK_JOB_ERROR")) {
         clear_bar(f);
         fprintf(stderr, "%s: %s: %s error, action %s\n", prog, f->id,
@@ -620,10 +641,12 @@ static int drain_pending(struct conn *c, struct follow *f)
     return rc;
 }
 
-static int wait_job(struct conn *c, const char *id)
+static int wait_job(struct conn *c, const char *id, bool until_ready)
 {
-    struct follow f = {
-        .id = id, .tty = isatty(STDOUT_FILENO) == 1, .last_pct_line = -1};
+    struct follow f = {.id = id,
+                       .tty = isatty(STDOUT_FILENO) == 1,
+                       .last_pct_line = -1,
+                       .until_ready = until_ready};
     double interval = f.tty ? 0.25 : 1.0, next_poll = 0;
     int rc;
 
@@ -730,7 +753,85 @@ static int cmd_stream(struct conn *c, int argc, char **argv)
         printf("%s\n", job_id ? job_id : node);
         return 0;
     }
-    return wait_job(c, job_id ? job_id : node);
+    return wait_job(c, job_id ? job_id : node, false);
+}
+
+static int cmd_mirror(struct conn *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"sync", required_argument, NULL, 'y'},
+        {"speed", required_argument, NULL, 's'},
+        {"on-source-error", required_argument, NULL, 'e'},
+        {"on-target-error", required_argument, NULL, 't'},
+        {"job-id", required_argument, NULL, 'j'},
+        {"wait", no_argument, NULL, 'w'},
+        {NULL, 0, NULL, 0},
+    };
+    json_t *args = json_object();
+    const char *job_id = NULL, *node, *sync = "full";
+    bool wait = false;
+    long long speed;
+    int opt, rc;
+
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'y':
+            sync = optarg;
+            break;
+        case 's':
+            if (parse_bytes(optarg, &speed) < 0) {
+                json_decref(args);
+                return usage_error("mirror: --speed: '%s' is not a number of "
+                                   "bytes per second",
+                                   optarg);
+            }
+            json_object_set_new(args, "speed", json_integer(speed));
+            break;
+        case 'e':
+            json_object_set_new(args, "on-source-error", json_string(optarg));
+            break;
+        case 't':
+            json_object_set_new(args, "on-target-error", json_string(optarg));
+            break;
+        case 'j':
+            job_id = optarg;
+            break;
+        case 'w':
+            wait = true;
+            break;
+        case ':':
+            json_decref(args);
+            return usage_error("mirror: option '%s' needs an argument",
+                               argv[optind - 1]);
+        default:
+            json_decref(args);
+            return usage_error("mirror: unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 2) {
+        json_decref(args);
+        return usage_error("mirror: give a NODE and a TARGET node");
+    }
+    node = argv[optind];
+    json_object_set_new(args, "device", json_string(node));
+    json_object_set_new(args, "target", json_string(argv[optind + 1]));
+    json_object_set_new(args, "sync", json_string(sync));
+    json_object_set_new(args, "job-id", json_string(job_id ? job_id : node));
+    if (!c) {
+        json_decref(args);
+        return -1;
+    }
+    rc = run_simple(c, "blockdev-mirror", args);
+    if (rc) {
+        return rc;
+    }
+    if (!wait) {
+        printf("%s\n", job_id ? job_id : node);
+        return 0;
+    }
+    return wait_job(c, job_id ? job_id : node, true);
 }
 
 /* Waits for the job's JOB_STATUS_CHANGE to `status` (events already
@@ -949,6 +1050,16 @@ int main(int argc, char **argv)
         if (rc >= 0) {
             return rc;
         }
+    } else if (!strcmp(cmd, "mirror")) {
+        rc = cmd_mirror(NULL, nargs, args);
+
+        if (rc >= 0) {
+            return rc;
+        }
+    } else if (!strcmp(cmd, "complete")) {
+        if (nargs != 2) {
+            return usage_error("complete: give exactly one JOB");
+        }
     } else if (!strcmp(cmd, "snapshot")) {
         if (nargs != 3) {
             return usage_error("snapshot: give a NODE and an OVERLAY");
@@ -989,6 +1100,14 @@ int main(int argc, char **argv)
         rc = cmd_stream(&c, nargs, args);
     } else if (!strcmp(cmd, "create")) {
         rc = cmd_create(&c, nargs, args);
+    } else if (!strcmp(cmd, "mirror")) {
+        rc = cmd_mirror(&c, nargs, args);
+    } else if (!strcmp(cmd, "complete")) {
+        rc = run_simple(&c, "block-job-complete",
+                        json_pack("{s:s}", "device", args[1]));
+        if (rc == 0) {
+            rc = wait_job(&c, args[1], false);
+        }
     } else if (!strcmp(cmd, "snapshot")) {
         rc = run_simple(
             &c, "blockdev-snapshot",

@@ -101,6 +101,40 @@ def test_commands():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def test_mirror_wait_ready_then_complete():
+    d, dm, top, flat = chain_daemon()
+    tgt = os.path.join(d, "copy.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", tgt, "4M"],
+                   check=True)
+    with dm:
+        c = dm.connect()
+        c.ok("blockdev-add", {"driver": "qcow2", "node-name": "copy",
+                              "file": {"driver": "file", "filename": tgt}})
+        r = ctl(dm.sock, "mirror", "top", "copy", "--sync", "full", "--wait")
+        assert r.returncode == 0, r
+        last = r.stdout.splitlines()[-1]
+        assert re.match(r"top: ready, 4\.0 MiB copied in [\d.]+ s; the "
+                        r"target stays in sync \(blockjobctl complete top "
+                        r"pivots\)$", last), r.stdout
+        j = c.ok("query-block-jobs")[0]
+        assert j["ready"] and j["type"] == "mirror", j
+        r = ctl(dm.sock, "complete", "top")
+        assert r.returncode == 0, r
+        assert re.match(r"top: completed, 4\.0 MiB in [\d.]+ s$",
+                        r.stdout.splitlines()[-1]), r.stdout
+        assert c.ok("query-block-jobs") == []
+        r = ctl(dm.sock, "complete", "top")
+        assert r.returncode == 1, r
+        c.ok("blockdev-del", {"node-name": "copy"})
+    for args in (["mirror", "top"], ["mirror", "a", "b", "c"],
+                 ["mirror", "a", "b", "--speed", "x"], ["complete"]):
+        r = ctl(dm.sock, *args)
+        assert r.returncode == 2, (args, r)
+    check_image(tgt)
+    same_content(tgt, flat)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def test_wait_off_terminal_completes():
     d, dm, top, flat = chain_daemon()
     with dm:
