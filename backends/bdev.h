@@ -54,6 +54,8 @@ void bdev_qmp_init(void);
  * with backing support) the new top over `bs`: its backing is bs, bs's
  * parents use it, bs goes read-only. Fails with qsd's texts. */
 void bdev_snapshot_qmp_init(void);
+/* block_resize (backends/block_resize.c), registered by bdev_qmp_init. */
+void bdev_resize_qmp_init(void);
 int bdev_snapshot(struct bdev *bs, struct bdev *overlay, struct qmp_error *err);
 
 /* Graph. bdev_find() looks up a node by node-name (also implicit #blockN). */

@@ -659,4 +659,5 @@ void bdev_qmp_init(void)
     qmp_command_register("query-named-block-nodes",
                          qmp_query_named_block_nodes);
     bdev_snapshot_qmp_init();
+    bdev_resize_qmp_init();
 }

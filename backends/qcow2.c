@@ -800,4 +800,5 @@ const struct bdev_driver bdev_drv_qcow2 = {
     .change_backing = qcow2_change_backing,
     .reopen = qcow2_reopen,
     .info = qcow2_info,
+    .truncate = qcow2_truncate,
 };

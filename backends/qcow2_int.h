@@ -159,6 +159,11 @@ struct q2 {
     struct q2_free *free_after_wb, *free_now;
 };
 
+/* ---- qcow2_resize.c ---- */
+
+int qcow2_truncate(struct bdev *bs, uint64_t size, int prealloc, bdev_cb *cb,
+                   void *opaque);
+
 /* ---- qcow2.c ---- */
 
 void q2_req_check_done(struct q2_req *r);

@@ -129,6 +129,18 @@ static int raw_flush_sync(struct bdev *bs)
     return bdev_child_flush_sync(bs->file);
 }
 
+/* block_resize of a raw node is its file's (fixed offset/size: no). */
+static int raw_truncate(struct bdev *bs, uint64_t size, int prealloc,
+                        bdev_cb *cb, void *opaque)
+{
+    struct raw_state *st = bs->state;
+
+    if (st->offset || st->has_size || !bs->file->drv->truncate) {
+        return -ENOTSUP;
+    }
+    return bs->file->drv->truncate(bs->file, size, prealloc, cb, opaque);
+}
+
 const struct bdev_driver bdev_drv_raw = {
     .name = "raw",
     .is_format = true,
@@ -140,4 +152,5 @@ const struct bdev_driver bdev_drv_raw = {
     .pread_sync = raw_pread_sync,
     .pwrite_sync = raw_pwrite_sync,
     .flush_sync = raw_flush_sync,
+    .truncate = raw_truncate,
 };
