@@ -82,13 +82,14 @@ static json_t *qmp_block_resize(json_t *args, struct qmp_session *s,
         if (ret == -EFBIG) {
             qmp_error_setg(err, "Failed to grow the L1 table: File too large");
         } else if (ret == -ENOTSUP && qcow2) {
-            qmp_error_setg(err,
-                           "blockjobd cannot %s qcow2 images (node '%s' is %" PRId64
-                           " bytes)",
-                           (uint64_t)size < (uint64_t)bdev_length(bs)
-                               ? "shrink"
-                               : "grow the L1 table of",
-                           bdev_node_name(bs), bdev_length(bs));
+            qmp_error_setg(
+                err,
+                "blockjobd cannot %s qcow2 images (node '%s' is %" PRId64
+                " bytes)",
+                (uint64_t)size < (uint64_t)bdev_length(bs)
+                    ? "shrink"
+                    : "grow the L1 table of",
+                bdev_node_name(bs), bdev_length(bs));
         } else if (ret == -ENOTSUP) {
             qmp_error_setg(err, "Image format driver does not support resize");
         } else {
